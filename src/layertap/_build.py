@@ -1,0 +1,169 @@
+"""Stage 4, build: resolved places -> one multi-output ``keras.Model`` that runs one pass.
+
+The user's graph is replayed node by node on fresh ``keras.Input``s, re-calling the
+same layer objects (weights are shared, never copied). Only the nodes the taps need
+are replayed, so nothing after the deepest tap runs.
+
+A nested sub-model that holds taps is rebuilt the same way into a pruned
+Functional that returns its taps (and its own outputs, when later layers need
+them), and that Functional is called in the sub-model's place. Each rebuilt level
+keeps the user's layer names, which are unique within their own level, so two
+nested copies of one architecture never clash; a sub-model called twice is
+rebuilt once per call, each pruned for its own taps.
+
+The user's model is not touched: the replay adds inbound nodes to the layers it
+re-calls, but node 0 (what ``layer.output`` reports) and the model's config stay
+as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+from keras import tree
+from keras.src.models.functional import Functional
+
+from layertap._graph import LayerInfo, graph_nodes, graph_of, inner_graph
+
+__all__ = ["build_model"]
+
+_OUTPUT_KEY = "__layertap_output_{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """A tensor wanted from one graph level: ``nodes[0]`` lives in that level."""
+
+    key: str
+    nodes: tuple[Any, ...]
+    output_index: int
+
+
+def _fresh_inputs(graph: Functional) -> Any:
+    fresh = [
+        keras.Input(
+            batch_shape=(None, *x.shape[1:]),
+            dtype=x.dtype,
+            sparse=bool(getattr(x, "sparse", False)),
+            name=x._keras_history.operation.name,
+        )
+        for x in graph.inputs
+    ]
+    return tree.pack_sequence_as(graph._inputs_struct, fresh)
+
+
+def _producer(tensor: Any) -> Any:
+    history = tensor._keras_history
+    return history.operation._inbound_nodes[history.node_index]
+
+
+def _ancestors(start: list[Any]) -> set[int]:
+    """Ids of the nodes in ``start`` and of every node they depend on."""
+    seen: set[int] = set()
+    stack = list(start)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(node.parent_nodes)
+    return seen
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[str, Any]:
+    """Replay the part of ``graph`` that ``requests`` need on ``inputs``; return key -> tensor."""
+    direct: dict[int, list[_Request]] = {}
+    nested: dict[int, list[_Request]] = {}
+    for r in requests:
+        node = r.nodes[0]
+        if len(r.nodes) == 1:
+            direct.setdefault(id(node), []).append(r)
+        else:
+            nested.setdefault(id(node), []).append(dataclasses.replace(r, nodes=r.nodes[1:]))
+    nodes = graph_nodes(graph)
+    by_id = {id(n): n for n in nodes}
+    output_needed = _ancestors(
+        [by_id[i] for i in direct] + [p for i in nested for p in by_id[i].parent_nodes]
+    )
+    # Rebuilt sub-models replace their originals, so they may reuse their names.
+    run = [n for n in nodes if not n.is_input and (id(n) in output_needed or id(n) in nested)]
+    rebuilt = {id(n) for n in run if id(n) in nested and inner_graph(n.operation) is not None}
+    # A rebuilt sub-model replaces its original, so it may take its name, unless
+    # another call of that sub-model is replayed as it is.
+    as_is = {id(n.operation) for n in run if id(n) not in rebuilt}
+    taken = {
+        op.name
+        for op in graph.operations
+        if isinstance(op, keras.layers.InputLayer) or id(op) in as_is
+    }
+    tensors: dict[int, Any] = {
+        id(x): y for x, y in zip(graph.inputs, tree.flatten(inputs), strict=True)
+    }
+    results: dict[str, Any] = {}
+    for node in run:
+        args, kwargs = node.arguments.fill_in(tensors)
+        sub = inner_graph(node.operation)
+        if id(node) in rebuilt and sub is not None:
+            wants_outputs = id(node) in output_needed
+            submodel = _rebuild(
+                sub,
+                nested[id(node)],
+                with_outputs=wants_outputs,
+                name=_unique_name(node.operation.name, taken),
+            )
+            produced = submodel(*args, **kwargs)
+            for r in nested[id(node)]:
+                results[r.key] = produced[r.key]
+            if wants_outputs:
+                for j, x in enumerate(node.outputs):
+                    tensors[id(x)] = produced[_OUTPUT_KEY.format(j)]
+        else:
+            outputs = node.operation(*args, **kwargs)
+            for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
+                tensors[id(x)] = y
+    for r in requests:
+        if len(r.nodes) == 1:
+            results[r.key] = tensors[id(r.nodes[0].outputs[r.output_index])]
+    return results
+
+
+def _rebuild(
+    graph: Functional, requests: list[_Request], *, with_outputs: bool, name: str
+) -> keras.Model:
+    """A pruned Functional over ``graph`` returning the requested taps (and its outputs)."""
+    requests = list(requests)
+    if with_outputs:
+        for j, x in enumerate(graph.outputs):
+            history = x._keras_history
+            requests.append(_Request(_OUTPUT_KEY.format(j), (_producer(x),), history.tensor_index))
+    inputs = _fresh_inputs(graph)
+    outputs = _replay(graph, inputs, requests)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_model(model: Any, taps: Mapping[str, LayerInfo], *, name: str) -> keras.Model:
+    """One Functional taking ``model``'s inputs and returning ``{key: tap}`` in one pass.
+
+    Example:
+        >>> from layertap._graph import walk
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> built = build_model(m, {"d": walk(m)[0]}, name="taps")
+        >>> built.output_shape
+        {'d': (None, 2)}
+    """
+    graph = graph_of(model)
+    requests = [_Request(key, place.nodes, place.output_index or 0) for key, place in taps.items()]
+    inputs = _fresh_inputs(graph)
+    outputs = _replay(graph, inputs, requests)
+    return keras.Model(inputs, {key: outputs[key] for key in taps}, name=name)

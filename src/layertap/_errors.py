@@ -1,0 +1,48 @@
+"""The exceptions layertap raises for a user's mistake.
+
+Every class here derives from :class:`LayertapError`, so one ``except`` clause
+catches them all (the command line does exactly that)::
+
+    LayertapError                 base: a user mistake, message says what is valid
+    ├── LayerNotFoundError        a spec names no layer; close matches listed
+    ├── AmbiguousLayerError       a spec fits several places (names them, or the @k choices)
+    ├── BadSpecError              a spec that is not an int, a name, a path or a glob
+    ├── BadInputError             inputs that do not fit the model's inputs
+    ├── UnsupportedModelError     a model layertap cannot walk (and why)
+    └── ModelLoadError            a model file that cannot be read (names the file)
+
+Example:
+    >>> import layertap
+    >>> issubclass(layertap.LayerNotFoundError, layertap.LayertapError)
+    True
+"""
+
+from __future__ import annotations
+
+
+class LayertapError(Exception):
+    """A user mistake; the message names the bad value and what would be valid."""
+
+
+class LayerNotFoundError(LayertapError, LookupError):
+    """A layer spec matches no tappable place."""
+
+
+class AmbiguousLayerError(LayertapError, LookupError):
+    """A layer spec matches several places, or a layer called several times lacks ``@k``."""
+
+
+class BadSpecError(LayertapError, ValueError):
+    """A layer spec of the wrong type or syntax."""
+
+
+class BadInputError(LayertapError, ValueError):
+    """Inputs whose number, names or shapes do not fit the model."""
+
+
+class UnsupportedModelError(LayertapError, TypeError):
+    """A model that layertap cannot walk into a graph of tappable places."""
+
+
+class ModelLoadError(LayertapError, OSError):
+    """A model file that does not exist, is not a model, or cannot be read."""

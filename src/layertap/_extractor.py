@@ -1,0 +1,163 @@
+"""The :class:`Extractor`: specs in, one multi-output model built once, features out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from layertap._build import build_model
+from layertap._errors import BadInputError
+from layertap._graph import LayerInfo, walk
+from layertap._resolve import Spec, resolve
+
+__all__ = ["Extractor", "TapInfo"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TapInfo:
+    """What one output of an :class:`Extractor` holds, known before any batch runs.
+
+    Attributes:
+        name: the key of this output in the result dict (alias or canonical path).
+        path: the canonical path of the tapped place.
+        shape: the output shape, batch dimension first (``None``).
+        dtype: the output dtype name.
+    """
+
+    name: str
+    path: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+def _shape(x: Any) -> tuple[int | None, ...] | None:
+    shape = getattr(x, "shape", None)
+    return None if shape is None else tuple(shape)
+
+
+class Extractor:
+    """Tap any layers of a Keras graph model in one forward pass.
+
+    Args:
+        model: a Functional or Sequential ``keras.Model``; nested sub-models are
+            walked at any depth.
+        layers: a spec, a list of specs (results keyed by canonical path) or a dict
+            alias -> spec (results keyed by alias). See the README for the grammar.
+
+    Attributes:
+        model: the multi-output ``keras.Model`` (dict outputs) that runs the taps;
+            it shares the user's layers and can be saved, reloaded or called.
+        outputs: ``{key: TapInfo}`` in result order.
+        places: ``{key: LayerInfo}``, the place each key taps.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
+        ...                       keras.layers.Dense(1, name="out")])
+        >>> ex = Extractor(m, {"h": "hidden"})
+        >>> ex.outputs["h"].shape
+        (None, 3)
+        >>> ex(np.ones((2, 4), "float32"))["h"].shape
+        (2, 3)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+    ) -> None:
+        self.source = model
+        self.places: dict[str, LayerInfo] = resolve(layers, model, walk(model))
+        self.model: keras.Model = build_model(model, self.places, name=f"{model.name}_layertap")
+        outputs = self.model.output
+        self.outputs: dict[str, TapInfo] = {
+            key: TapInfo(
+                name=key,
+                path=place.path,
+                shape=tuple(outputs[key].shape),
+                dtype=str(outputs[key].dtype),
+            )
+            for key, place in self.places.items()
+        }
+
+    def __repr__(self) -> str:
+        taps = ", ".join(f"{k!r}: {v.path!r}" for k, v in self.outputs.items())
+        return f"Extractor({self.source.name!r}, {{{taps}}})"
+
+    def _check_inputs(self, x: Any) -> Any:
+        """Raise :class:`BadInputError` when ``x`` does not fit the model's inputs."""
+        specs = self.model.inputs
+        names = [t.name for t in specs]
+        if isinstance(x, Mapping):
+            unknown = sorted(set(x) - set(names))
+            missing = [n for n in names if n not in x]
+            if unknown or missing:
+                raise BadInputError(
+                    f"input dict keys {sorted(x)!r} do not match the model's inputs "
+                    f"{names!r} (unknown: {unknown!r}, missing: {missing!r})"
+                )
+            arrays = [x[n] for n in names]
+        elif isinstance(x, list | tuple):
+            if len(x) != len(specs):
+                raise BadInputError(
+                    f"got {len(x)} input arrays, but the model has {len(specs)} inputs: {names!r}"
+                )
+            arrays = list(x)
+        else:
+            if len(specs) != 1:
+                raise BadInputError(
+                    f"got one input array, but the model has {len(specs)} inputs "
+                    f"{names!r}: pass a list in that order or a dict keyed by name"
+                )
+            arrays = [x]
+        for name, spec, array in zip(names, specs, arrays, strict=True):
+            shape = _shape(array)
+            if shape is None:
+                raise BadInputError(f"input {name!r} is a {type(array).__name__}, not an array")
+            want = tuple(spec.shape)
+            fits = len(shape) == len(want) and all(
+                w is None or w == s for w, s in zip(want[1:], shape[1:], strict=True)
+            )
+            if not fits:
+                raise BadInputError(
+                    f"input {name!r} has shape {shape}, but the model expects "
+                    f"{want} (None: any size)"
+                )
+        return x
+
+    def __call__(self, x: Any) -> dict[str, np.ndarray]:
+        """Run one batch; return ``{key: array}``.
+
+        Example:
+            >>> import keras, numpy as np
+            >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+            >>> Extractor(m, ["d"])(np.zeros((5, 4), "float32"))["d"].shape
+            (5, 3)
+        """
+        self._check_inputs(x)
+        out = self.model.predict_on_batch(x)
+        return {key: np.asarray(out[key]) for key in self.outputs}
+
+    def predict(
+        self, x: Any, *, batch_size: int | None = 32, verbose: int | str = 0
+    ) -> dict[str, np.ndarray]:
+        """Run ``x`` in batches through a compiled function; return ``{key: array}``.
+
+        ``x`` is anything ``keras.Model.predict`` takes: arrays (checked against the
+        model's inputs), a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``.
+
+        Example:
+            >>> import keras, numpy as np
+            >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+            >>> Extractor(m, {"f": 0}).predict(np.zeros((70, 4), "float32"))["f"].shape
+            (70, 3)
+        """
+        if isinstance(x, Mapping | list | tuple) or _shape(x) is not None:
+            self._check_inputs(x)
+            batch_size = batch_size or 32
+        out = self.model.predict(x, batch_size=batch_size, verbose=verbose)
+        return {key: np.asarray(out[key]) for key in self.outputs}

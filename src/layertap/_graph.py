@@ -1,0 +1,282 @@
+"""Stage 2, graph: walk a Keras graph model into the tree of places that can be tapped.
+
+One walk serves both :func:`list_layers` (what a user sees) and spec resolution
+(what :class:`~layertap.Extractor` accepts), so the two always agree.
+
+A *place* is one output of one call of one layer, addressed by a path of layer
+names through nested Functional and Sequential sub-models. A segment takes
+``@k`` when its layer is called more than once in the graph that holds it, and
+the last segment takes ``:j`` when the call returns more than one tensor::
+
+    dense                      a top-level layer
+    backbone/block_3_add       a layer inside the nested sub-model "backbone"
+    encoder@1/conv             "conv" inside the second call of "encoder"
+    split:1                    the second output of the layer "split"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import keras
+from keras.src.models.functional import Functional
+
+from layertap._errors import UnsupportedModelError
+
+__all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One step of a path: a layer, which of its calls, and how many calls it has there."""
+
+    name: str
+    call: int
+    calls: int
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.call}" if self.calls > 1 else self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One tappable place of a model, as :func:`list_layers` reports it.
+
+    Attributes:
+        path: the canonical path, the key a list of specs is returned under.
+        index: position in the top-level ``model.layers``; ``None`` inside sub-models.
+        class_name: the layer's class, e.g. ``"Conv2D"``.
+        output_shape: the shape of this output, batch dimension first (``None``).
+        dtype: the output's dtype name.
+        params: the layer's weight count (a sub-model counts all of its layers).
+        depth: nesting depth, 0 for top-level layers.
+        is_model: whether this place is a nested sub-model whose layers follow it.
+        layer: the Keras layer object itself.
+    """
+
+    path: str
+    index: int | None
+    class_name: str
+    output_shape: tuple[int | None, ...]
+    dtype: str
+    params: int
+    depth: int
+    is_model: bool
+    layer: keras.layers.Layer = dataclasses.field(repr=False, compare=False)
+    segments: tuple[Segment, ...] = dataclasses.field(repr=False, compare=False)
+    output_index: int | None = dataclasses.field(repr=False, compare=False)
+    nodes: tuple[Any, ...] = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The layer's own name (the last path segment without ``@k``)."""
+        return self.segments[-1].name
+
+
+def inner_graph(layer: Any) -> Functional | None:
+    """Return the graph inside ``layer`` when layertap can inline it, else ``None``.
+
+    A plain Functional model or a built Sequential has one; a subclass that
+    overrides ``call`` does not, since its graph is not what it runs.
+
+    Example:
+        >>> inner_graph(keras.layers.Dense(2)) is None
+        True
+    """
+    if isinstance(layer, keras.Sequential):
+        if type(layer).call is keras.Sequential.call:
+            functional = getattr(layer, "_functional", None)
+            if isinstance(functional, Functional):
+                return functional
+        return None
+    if isinstance(layer, Functional) and type(layer).call is Functional.call:
+        return layer
+    return None
+
+
+def graph_of(model: Any) -> Functional:
+    """Return the graph of a top-level model, or raise :class:`UnsupportedModelError`.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> graph_of(m) is m._functional
+        True
+    """
+    graph = inner_graph(model)
+    if graph is not None:
+        return graph
+    name = getattr(model, "name", type(model).__name__)
+    if isinstance(model, keras.Sequential):
+        raise UnsupportedModelError(
+            f"Sequential model {name!r} is not built, so it has no graph to tap; "
+            "give it an input shape (keras.Input(shape) as its first layer) or call "
+            "model.build(input_shape) first"
+        )
+    if isinstance(model, keras.Model):
+        raise UnsupportedModelError(
+            f"model {name!r} ({type(model).__name__}) defines its own call(), so it "
+            "has no Keras graph; layertap taps Functional and Sequential models"
+        )
+    raise UnsupportedModelError(
+        f"expected a keras.Model, got {type(model).__name__}; load one with "
+        "layertap.load_model(path)"
+    )
+
+
+def graph_nodes(graph: Functional) -> list[Any]:
+    """The nodes of ``graph`` in execution order (inputs first).
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> [n.operation.name for n in graph_nodes(graph_of(m))][-1] == m.layers[-1].name
+        True
+    """
+    by_depth = graph._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def calls_in(graph: Functional, layer: Any) -> list[Any]:
+    """The nodes of ``layer`` that belong to ``graph``, in call order.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> len(calls_in(graph_of(m), m.layers[0]))
+        1
+    """
+    members = {id(node) for node in graph_nodes(graph)}
+    return [node for node in layer._inbound_nodes if id(node) in members]
+
+
+def _count_params(layer: Any) -> int:
+    try:
+        return int(layer.count_params())
+    except ValueError:  # an unbuilt layer has no weights yet
+        return 0
+
+
+def walk(model: Any) -> list[LayerInfo]:
+    """Every tappable place of ``model``, in graph order, nested sub-models expanded.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> [p.path for p in walk(m)]
+        ['d']
+    """
+    graph = graph_of(model)
+    top_index = {id(layer): i for i, layer in enumerate(model.layers)}
+    places: list[LayerInfo] = []
+    _walk_graph(graph, (), (), top_index, places)
+    return places
+
+
+def _walk_graph(
+    graph: Functional,
+    prefix: tuple[Segment, ...],
+    chain: tuple[Any, ...],
+    top_index: dict[int, int],
+    places: list[LayerInfo],
+) -> None:
+    depth = len(prefix)
+    for layer in graph.operations:
+        if isinstance(layer, keras.layers.InputLayer) and (depth > 0 or id(layer) not in top_index):
+            continue  # an inner input is the outer tensor under another name
+        nodes = calls_in(graph, layer)
+        sub = inner_graph(layer)
+        for k, node in enumerate(nodes):
+            segments = (*prefix, Segment(layer.name, k, len(nodes)))
+            path = "/".join(str(s) for s in segments)
+            n_out = len(node.outputs)
+            for j, tensor in enumerate(node.outputs):
+                places.append(
+                    LayerInfo(
+                        path=path if n_out == 1 else f"{path}:{j}",
+                        index=top_index.get(id(layer)) if depth == 0 else None,
+                        class_name=type(layer).__name__,
+                        output_shape=tuple(tensor.shape),
+                        dtype=str(tensor.dtype),
+                        params=_count_params(layer),
+                        depth=depth,
+                        is_model=sub is not None,
+                        layer=layer,
+                        segments=segments,
+                        output_index=j if n_out > 1 else None,
+                        nodes=(*chain, node),
+                    )
+                )
+            if sub is not None:
+                _walk_graph(sub, segments, (*chain, node), top_index, places)
+
+
+def list_layers(
+    model: Any, *, pattern: str | None = None, max_depth: int | None = None
+) -> list[LayerInfo]:
+    """One record per tappable place of ``model``, in graph order, sub-models expanded.
+
+    Every ``path`` listed is a spec that :class:`~layertap.Extractor` accepts.
+
+    Args:
+        model: a Functional or Sequential ``keras.Model``.
+        pattern: keep only paths matching this glob (see the spec grammar).
+        max_depth: keep only places at most this deep (0 = top-level layers).
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> [(p.path, p.index, p.class_name, p.output_shape, p.params) for p in list_layers(m)]
+        [('d', 0, 'Dense', (None, 2), 8)]
+    """
+    places = walk(model)
+    if pattern is not None:
+        from layertap._resolve import glob_match
+
+        places = glob_match(pattern, places)
+    if max_depth is not None:
+        places = [p for p in places if p.depth <= max_depth]
+    return places
+
+
+def _format_shape(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
+    """The rows of :func:`summary`, one string per place.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> list(summary_lines(walk(m)))[-1].split()
+        ['0', 'd', 'Dense', '(None,', '2)', '8']
+    """
+    rows = [
+        (
+            "" if p.index is None else str(p.index),
+            "  " * p.depth + (p.path.rsplit("/", 1)[-1] if p.depth else p.path),
+            p.class_name,
+            _format_shape(p.output_shape),
+            f"{p.params:,}",
+        )
+        for p in places
+    ]
+    header = ("index", "path", "class", "output shape", "params")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        yield "  ".join(
+            cell.rjust(w) if i in (0, 4) else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+
+def summary(model: Any, *, max_depth: int | None = None) -> str:
+    """A readable tree of every tappable place: index, path, class, output shape, params.
+
+    Nested places are indented under their sub-model; the full path of any row is
+    its sub-model's path, ``/``, and the row's own segment.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> print(summary(m))
+        index  path  class  output shape  params
+            0  d     Dense  (None, 2)          8
+    """
+    return "\n".join(summary_lines(list_layers(model, max_depth=max_depth)))

@@ -1,0 +1,268 @@
+"""Stage 3, resolve: layer specs -> places, with errors that say what is valid.
+
+The grammar (documented in the README):
+
+- ``int``: ``model.layers[i]``; negative counts from the end.
+- ``"name"``: a top-level layer, or a name found at one path only in the whole tree.
+- ``"outer/inner/leaf"``: a path through nested sub-models; any segment may take
+  ``@k`` (the k-th call, 0-based) and the last may take ``:j`` (the j-th output).
+- a glob (``*``, ``?``, ``[...]``) matched segment by segment against canonical
+  paths; ``**`` stands for any number of segments.
+
+A list of specs is keyed by canonical path, a dict by its aliases (a dict value
+that expands to several places is keyed ``alias/path``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from layertap._errors import AmbiguousLayerError, BadSpecError, LayerNotFoundError
+from layertap._graph import LayerInfo
+
+__all__ = ["Spec", "glob_match", "resolve", "resolve_one"]
+
+Spec = int | str
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_SEGMENT = re.compile(r"^(?P<name>[^@:/]+?)(?:@(?P<call>-?\d+))?(?::(?P<out>\d+))?$")
+_HINT = "see layertap.list_layers(model) for every tappable path"
+
+
+def _quote_all(items: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(s) for s in items[:limit])
+    more = len(items) - limit
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def _not_found(spec: str, places: Sequence[LayerInfo], what: str) -> LayerNotFoundError:
+    names = sorted({p.name for p in places} | {p.path for p in places})
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.6)
+    tail = f"; close matches: {_quote_all(close)}" if close else ""
+    return LayerNotFoundError(f"no {what} {spec!r} in the model{tail}; {_HINT}")
+
+
+def _group_calls(matches: Sequence[LayerInfo]) -> dict[tuple[Any, ...], list[LayerInfo]]:
+    """Group places by call (all outputs of one call together)."""
+    groups: dict[tuple[Any, ...], list[LayerInfo]] = {}
+    for p in matches:
+        groups.setdefault(tuple(id(n) for n in p.nodes), []).append(p)
+    return groups
+
+
+def _single_call(spec: str, matches: list[LayerInfo]) -> list[LayerInfo]:
+    """Accept ``matches`` when they are the outputs of one call; else name the choices."""
+    groups = _group_calls(matches)
+    if len(groups) == 1:
+        return matches
+    choices = [g[0].path.split(":")[0] for g in groups.values()]
+    same_layer = len({id(g[0].layer) for g in groups.values()}) == 1
+    why = (
+        f"it is called {len(groups)} times; pick one call with @k"
+        if same_layer
+        else f"it is found at {len(groups)} paths"
+    )
+    raise AmbiguousLayerError(f"layer spec {spec!r} is ambiguous: {why}: {_quote_all(choices)}")
+
+
+def _resolve_index(spec: int, model: Any, places: Sequence[LayerInfo]) -> list[LayerInfo]:
+    n = len(model.layers)
+    if not -n <= spec < n:
+        raise LayerNotFoundError(
+            f"layer index {spec} is out of range: model {model.name!r} has {n} top-level "
+            f"layers, so valid indices are {-n}..{n - 1}; {_HINT}"
+        )
+    layer = model.layers[spec]
+    matches = [p for p in places if p.depth == 0 and p.layer is layer]
+    if not matches:
+        raise LayerNotFoundError(
+            f"layer index {spec} ({layer.name!r}) is not part of the graph of model "
+            f"{model.name!r}, so it has no output to tap; {_HINT}"
+        )
+    return _single_call(f"{spec} ({layer.name})", matches)
+
+
+def _parse_path(spec: str) -> list[tuple[str, int | None, int | None]]:
+    parsed = []
+    segments = spec.split("/")
+    for i, text in enumerate(segments):
+        m = _SEGMENT.match(text)
+        if m is None or (m["out"] is not None and i < len(segments) - 1):
+            raise BadSpecError(
+                f"bad path segment {text!r} in layer spec {spec!r}: expected 'name', "
+                "'name@k' (k-th call) or, last, 'name:j' (j-th output), joined by '/'"
+            )
+        call = None if m["call"] is None else int(m["call"])
+        out = None if m["out"] is None else int(m["out"])
+        parsed.append((m["name"], call, out))
+    return parsed
+
+
+def _resolve_path(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
+    parsed = _parse_path(spec)
+    matches = list(places)
+    for level, (name, call, _) in enumerate(parsed):
+        matches = [
+            p
+            for p in matches
+            if len(p.segments) > level
+            and p.segments[level].name == name
+            and (call is None or p.segments[level].call == call)
+        ]
+        if not matches:
+            _explain_missing_segment(spec, parsed, level, places)
+    matches = [p for p in matches if len(p.segments) == len(parsed)]
+    out = parsed[-1][2]
+    if out is not None:
+        matches = [p for p in matches if p.output_index == out]
+    if not matches:
+        raise _not_found(spec, places, "layer path")
+    return _single_call(spec, matches)
+
+
+def _explain_missing_segment(
+    spec: str,
+    parsed: list[tuple[str, int | None, int | None]],
+    level: int,
+    places: Sequence[LayerInfo],
+) -> NoReturn:
+    name, call, _ = parsed[level]
+    prefix = "/".join(f"{n}@{c}" if c is not None else n for n, c, _ in parsed[:level])
+    same_name = [
+        p
+        for p in places
+        if len(p.segments) > level
+        and p.segments[level].name == name
+        and all(
+            p.segments[i].name == n and (c is None or p.segments[i].call == c)
+            for i, (n, c, _) in enumerate(parsed[:level])
+        )
+    ]
+    if same_name and call is not None:
+        calls = same_name[0].segments[level].calls
+        raise LayerNotFoundError(
+            f"layer spec {spec!r} asks for call @{call} of {name!r}, which is called "
+            f"{calls} time{'s' if calls > 1 else ''} there: valid calls are "
+            f"@0..@{calls - 1}"
+        )
+    where = f"inside {prefix!r}" if prefix else "at the top level"
+    raise _not_found(spec, places, f"layer {name!r} {where}; layer path")
+
+
+def _segment_text(p: LayerInfo, i: int) -> str:
+    text = str(p.segments[i])
+    if i == len(p.segments) - 1 and p.output_index is not None:
+        text += f":{p.output_index}"
+    return text
+
+
+def _glob_segments(pattern: list[str], p: LayerInfo, i: int) -> bool:
+    if not pattern:
+        return i == len(p.segments)
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_glob_segments(rest, p, j) for j in range(i, len(p.segments) + 1))
+    if i >= len(p.segments):
+        return False
+    return fnmatch.fnmatchcase(_segment_text(p, i), head) and _glob_segments(rest, p, i + 1)
+
+
+def glob_match(pattern: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
+    """The places whose canonical path matches ``pattern``, segment by segment.
+
+    ``*``, ``?`` and ``[...]`` match within one segment; ``**`` matches any number of
+    segments.
+
+    Example:
+        >>> import keras
+        >>> from layertap._graph import walk
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d1"),
+        ...                       keras.layers.Dense(2, name="d2")])
+        >>> [p.path for p in glob_match("d*", walk(m))]
+        ['d1', 'd2']
+    """
+    parts = pattern.split("/")
+    return [p for p in places if _glob_segments(parts, p, 0)]
+
+
+def _resolve_name(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
+    top = [p for p in places if p.depth == 0 and p.name == spec]
+    if top:
+        return _single_call(spec, top)
+    anywhere = [p for p in places if p.name == spec]
+    if not anywhere:
+        raise _not_found(spec, places, "layer named")
+    return _single_call(spec, anywhere)
+
+
+def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[LayerInfo]:
+    """Resolve one spec to its places (several for a glob or a multi-output layer).
+
+    Example:
+        >>> import keras
+        >>> from layertap._graph import walk
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> [p.path for p in resolve_one(-1, m, walk(m))]
+        ['d']
+    """
+    if isinstance(spec, bool) or not isinstance(spec, int | str):
+        raise BadSpecError(
+            f"layer spec {spec!r} has type {type(spec).__name__}: expected an int "
+            "(index into model.layers), a name, a path 'outer/inner' or a glob"
+        )
+    if isinstance(spec, int):
+        return _resolve_index(spec, model, places)
+    if not spec.strip() or spec != spec.strip():
+        raise BadSpecError(f"layer spec {spec!r} is empty or has surrounding spaces")
+    if _GLOB_CHARS.search(spec):
+        matches = glob_match(spec, places)
+        if not matches:
+            raise LayerNotFoundError(f"glob {spec!r} matches no layer path; {_HINT}")
+        return matches
+    if "/" in spec or "@" in spec or ":" in spec:
+        return _resolve_path(spec, places)
+    return _resolve_name(spec, places)
+
+
+def resolve(
+    layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+    model: Any,
+    places: Sequence[LayerInfo],
+) -> dict[str, LayerInfo]:
+    """Resolve specs to ``{key: place}``: keys are aliases (dict) or canonical paths.
+
+    Example:
+        >>> import keras
+        >>> from layertap._graph import walk
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> list(resolve({"out": -1}, m, walk(m)))
+        ['out']
+    """
+    if isinstance(layers, Mapping):
+        items: list[tuple[str | None, object]] = []
+        for alias, spec in layers.items():
+            if not isinstance(alias, str) or not alias:
+                raise BadSpecError(f"alias {alias!r} in the layers dict must be a non-empty string")
+            items.append((alias, spec))
+    elif isinstance(layers, list | tuple):
+        items = [(None, spec) for spec in layers]
+    else:
+        items = [(None, layers)]
+    if not items:
+        raise BadSpecError("no layers given: pass a spec, a list of specs or a dict")
+    taps: dict[str, LayerInfo] = {}
+    for alias, spec in items:
+        matches = resolve_one(spec, model, places)
+        if alias is None:
+            for p in matches:
+                taps.setdefault(p.path, p)
+        elif len(matches) == 1:
+            taps[alias] = matches[0]
+        else:
+            for p in matches:
+                taps[f"{alias}/{p.path}"] = p
+    return taps
