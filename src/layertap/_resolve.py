@@ -39,11 +39,12 @@ def _quote_all(items: Sequence[str], limit: int = 8) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def _not_found(spec: str, places: Sequence[LayerInfo], what: str) -> LayerNotFoundError:
+def _not_found(spec: str, places: Sequence[LayerInfo], lead: str) -> LayerNotFoundError:
+    """An error that starts with ``lead`` and lists paths or names close to ``spec``."""
     names = sorted({p.name for p in places} | {p.path for p in places})
     close = difflib.get_close_matches(spec, names, n=5, cutoff=0.6)
     tail = f"; close matches: {_quote_all(close)}" if close else ""
-    return LayerNotFoundError(f"no {what} {spec!r} in the model{tail}; {_HINT}")
+    return LayerNotFoundError(f"{lead}{tail}; {_HINT}")
 
 
 def _group_calls(matches: Sequence[LayerInfo]) -> dict[tuple[Any, ...], list[LayerInfo]]:
@@ -59,13 +60,19 @@ def _single_call(spec: str, matches: list[LayerInfo]) -> list[LayerInfo]:
     groups = _group_calls(matches)
     if len(groups) == 1:
         return matches
-    choices = [g[0].path.split(":")[0] for g in groups.values()]
-    same_layer = len({id(g[0].layer) for g in groups.values()}) == 1
-    why = (
-        f"it is called {len(groups)} times; pick one call with @k"
-        if same_layer
-        else f"it is found at {len(groups)} paths"
-    )
+    firsts = [g[0] for g in groups.values()]
+    choices = [p.path.split(":")[0] for p in firsts]
+    names = {tuple(s.name for s in p.segments) for p in firsts}
+    if len(names) == 1:  # one path, several calls: name the first segment that differs
+        level = next(
+            i
+            for i in range(len(firsts[0].segments))
+            if len({p.segments[i].call for p in firsts}) > 1
+        )
+        seg = firsts[0].segments[level]
+        why = f"{seg.name!r} is called {seg.calls} times; pick one call with @k"
+    else:
+        why = f"it is found at {len(groups)} paths"
     raise AmbiguousLayerError(f"layer spec {spec!r} is ambiguous: {why}: {_quote_all(choices)}")
 
 
@@ -120,7 +127,7 @@ def _resolve_path(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
     if out is not None:
         matches = [p for p in matches if p.output_index == out]
     if not matches:
-        raise _not_found(spec, places, "layer path")
+        raise _not_found(spec, places, f"no layer path {spec!r} in the model")
     return _single_call(spec, matches)
 
 
@@ -150,7 +157,7 @@ def _explain_missing_segment(
             f"@0..@{calls - 1}"
         )
     where = f"inside {prefix!r}" if prefix else "at the top level"
-    raise _not_found(spec, places, f"layer {name!r} {where}; layer path")
+    raise _not_found(spec, places, f"layer path {spec!r}: no layer {name!r} {where}")
 
 
 def _segment_text(p: LayerInfo, i: int) -> str:
@@ -195,7 +202,7 @@ def _resolve_name(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
         return _single_call(spec, top)
     anywhere = [p for p in places if p.name == spec]
     if not anywhere:
-        raise _not_found(spec, places, "layer named")
+        raise _not_found(spec, places, f"no layer named {spec!r} in the model")
     return _single_call(spec, anywhere)
 
 
@@ -255,14 +262,14 @@ def resolve(
     if not items:
         raise BadSpecError("no layers given: pass a spec, a list of specs or a dict")
     taps: dict[str, LayerInfo] = {}
-    for alias, spec in items:
-        matches = resolve_one(spec, model, places)
-        if alias is None:
+    for name, item in items:
+        matches = resolve_one(item, model, places)
+        if name is None:
             for p in matches:
                 taps.setdefault(p.path, p)
         elif len(matches) == 1:
-            taps[alias] = matches[0]
+            taps[name] = matches[0]
         else:
             for p in matches:
-                taps[f"{alias}/{p.path}"] = p
+                taps[f"{name}/{p.path}"] = p
     return taps
