@@ -159,8 +159,8 @@ def build_model(model: Any, taps: Mapping[str, LayerInfo], *, name: str) -> kera
         >>> from layertap._graph import walk
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> built = build_model(m, {"d": walk(m)[0]}, name="taps")
-        >>> built.output_shape
-        {'d': (None, 2)}
+        >>> built.output["d"].shape
+        (None, 2)
     """
     graph = graph_of(model)
     requests = [_Request(key, place.nodes, place.output_index or 0) for key, place in taps.items()]

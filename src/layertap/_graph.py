@@ -137,15 +137,18 @@ def graph_nodes(graph: Functional) -> list[Any]:
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
-def calls_in(graph: Functional, layer: Any) -> list[Any]:
+def calls_in(graph: Functional, layer: Any, members: set[int] | None = None) -> list[Any]:
     """The nodes of ``layer`` that belong to ``graph``, in call order.
+
+    ``members`` (ids of the graph's nodes) may be passed in to save recomputing it.
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         >>> len(calls_in(graph_of(m), m.layers[0]))
         1
     """
-    members = {id(node) for node in graph_nodes(graph)}
+    if members is None:
+        members = {id(node) for node in graph_nodes(graph)}
     return [node for node in layer._inbound_nodes if id(node) in members]
 
 
@@ -179,10 +182,11 @@ def _walk_graph(
     places: list[LayerInfo],
 ) -> None:
     depth = len(prefix)
+    members = {id(node) for node in graph_nodes(graph)}
     for layer in graph.operations:
         if isinstance(layer, keras.layers.InputLayer) and (depth > 0 or id(layer) not in top_index):
             continue  # an inner input is the outer tensor under another name
-        nodes = calls_in(graph, layer)
+        nodes = calls_in(graph, layer, members)
         sub = inner_graph(layer)
         for k, node in enumerate(nodes):
             segments = (*prefix, Segment(layer.name, k, len(nodes)))
