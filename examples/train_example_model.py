@@ -17,6 +17,7 @@ Writes ``examples/model/shapes_cnn.keras`` and ``examples/images/*.{png,jpg}``.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import time
@@ -30,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
 CLASSES = ("circle", "square", "triangle")
 SIZE = 64
+SIZES = (64, 64, 96, 128, 160, 200)  # sizes images are drawn at, before resizing to SIZE
 HERE = Path(__file__).resolve().parent
 
 
@@ -57,13 +59,31 @@ def draw_shape(rng: np.random.Generator, label: int, size: int = SIZE) -> Image.
     return img
 
 
+def as_input(img: Image.Image) -> np.ndarray:
+    """What layertap's ``rescale`` preset makes of an image: bilinear resize, then / 255."""
+    if img.size != (SIZE, SIZE):
+        img = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype="float32") / 255.0
+
+
 def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images (float32 in [0, 1], NHWC) and their labels, the same for the same seed."""
+    """``n`` images (float32 in [0, 1], NHWC) and their labels, the same for the same seed.
+
+    Like real photos, images are drawn at several sizes, some saved as JPEG, and
+    resized to the model's input the way layertap resizes them.
+    """
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
-    images = np.stack([np.asarray(draw_shape(rng, int(y))) for y in labels])
-    return images.astype("float32") / 255.0, labels.astype("int32")
+    images = []
+    for y in labels:
+        img = draw_shape(rng, int(y), int(rng.choice(SIZES)))
+        if rng.random() < 0.5:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=int(rng.integers(75, 96)))
+            img = Image.open(buf).convert("RGB")
+        images.append(as_input(img))
+    return np.stack(images), labels.astype("int32")
 
 
 def build_model() -> keras.Model:
@@ -94,7 +114,7 @@ def write_samples(out_dir: Path, seed: int) -> list[Path]:
         if old.suffix.lower() in (".png", ".jpg", ".jpeg"):
             old.unlink()
     rng = np.random.default_rng(seed)
-    sizes = (64, 64, 96, 128, 200, 160)
+    sizes = SIZES
     written = []
     for i in range(12):
         label = i % len(CLASSES)
