@@ -107,6 +107,7 @@ def test_public_names_are_pinned() -> None:
         "LayerNotFoundError",
         "LayertapError",
         "ModelLoadError",
+        "OutputError",
         "TapInfo",
         "UnsupportedModelError",
         "__version__",

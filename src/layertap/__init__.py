@@ -1,5 +1,8 @@
 """layertap: features from any layer of a pre-trained Keras model, in one forward pass.
 
+The error classes load at once; everything that needs Keras loads on first use, so
+``import layertap`` (and ``layertap --help``) does not start a Keras backend.
+
 Example:
     >>> import keras, numpy as np, layertap
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
@@ -12,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from layertap._errors import (
     AmbiguousLayerError,
@@ -21,16 +26,28 @@ from layertap._errors import (
     LayerNotFoundError,
     LayertapError,
     ModelLoadError,
+    OutputError,
     UnsupportedModelError,
 )
-from layertap._extractor import Extractor, TapInfo
-from layertap._graph import LayerInfo, list_layers, summary
-from layertap._load import load_model
+
+if TYPE_CHECKING:
+    from layertap._extractor import Extractor, TapInfo
+    from layertap._graph import LayerInfo, list_layers, summary
+    from layertap._load import load_model
 
 try:
     __version__ = version("layertap")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    "Extractor": "layertap._extractor",
+    "TapInfo": "layertap._extractor",
+    "LayerInfo": "layertap._graph",
+    "list_layers": "layertap._graph",
+    "summary": "layertap._graph",
+    "load_model": "layertap._load",
+}
 
 __all__ = [
     "AmbiguousLayerError",
@@ -41,6 +58,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayertapError",
     "ModelLoadError",
+    "OutputError",
     "TapInfo",
     "UnsupportedModelError",
     "__version__",
@@ -48,3 +66,17 @@ __all__ = [
     "load_model",
     "summary",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the Keras-backed names on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'layertap' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,7 +9,8 @@ catches them all (the command line does exactly that)::
     ├── BadSpecError              a spec that is not an int, a name, a path or a glob
     ├── BadInputError             inputs that do not fit the model's inputs
     ├── UnsupportedModelError     a model layertap cannot walk (and why)
-    └── ModelLoadError            a model file that cannot be read (names the file)
+    ├── ModelLoadError            a model file that cannot be read (names the file)
+    └── OutputError               an output file that cannot or may not be written
 
 Example:
     >>> import layertap
@@ -46,3 +47,7 @@ class UnsupportedModelError(LayertapError, TypeError):
 
 class ModelLoadError(LayertapError, OSError):
     """A model file that does not exist, is not a model, or cannot be read."""
+
+
+class OutputError(LayertapError, OSError):
+    """An output path with an unknown suffix, that exists already, or cannot be written."""

@@ -41,8 +41,11 @@ def _quote_all(items: Sequence[str], limit: int = 8) -> str:
 
 def _not_found(spec: str, places: Sequence[LayerInfo], lead: str) -> LayerNotFoundError:
     """An error that starts with ``lead`` and lists paths or names close to ``spec``."""
-    names = sorted({p.name for p in places} | {p.path for p in places})
-    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.6)
+    depth = spec.count("/")  # compare like with like: names, or paths as deep as the spec
+    candidates = {p.path for p in places if p.path.count("/") == depth}
+    if depth == 0:
+        candidates |= {p.name for p in places}
+    close = difflib.get_close_matches(spec, sorted(candidates), n=5, cutoff=0.6)
     tail = f"; close matches: {_quote_all(close)}" if close else ""
     return LayerNotFoundError(f"{lead}{tail}; {_HINT}")
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layertap._errors import LayertapError
+from layertap._errors import OutputError
 
 if TYPE_CHECKING:
     from layertap._extractor import TapInfo
@@ -284,7 +284,7 @@ class _NPZWriter(FeatureWriter):
 def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
     """Return the format for ``path`` (``"hdf5"`` or ``"npz"``), or raise saying why not.
 
-    Raises :class:`~layertap.LayertapError` for an unknown suffix, a folder, or an
+    Raises :class:`~layertap.OutputError` for an unknown suffix, a folder, or an
     existing file when ``overwrite`` is false.
 
     Example:
@@ -294,14 +294,14 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> st
     path = Path(path)
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise LayertapError(
+        raise OutputError(
             f"output file {str(path)!r} has an unknown suffix {path.suffix!r}; "
             f"layertap writes {', '.join(SUFFIXES)}"
         )
     if path.is_dir():
-        raise LayertapError(f"output path {str(path)!r} is a folder, not a file")
+        raise OutputError(f"output path {str(path)!r} is a folder, not a file")
     if path.exists() and not overwrite:
-        raise LayertapError(
+        raise OutputError(
             f"output file {str(path)!r} exists; remove it or pass overwrite=True (--overwrite)"
         )
     return fmt
@@ -316,7 +316,7 @@ def open_writer(
 ) -> FeatureWriter:
     """Open a writer for ``path``, its format chosen by the suffix (.h5, .hdf5, .npz).
 
-    Raises :class:`~layertap.LayertapError` for an unknown suffix, or when ``path``
+    Raises :class:`~layertap.OutputError` for an unknown suffix, or when ``path``
     exists and ``overwrite`` is false. Missing parent folders are created.
 
     Example:
@@ -339,4 +339,4 @@ def open_writer(
             return _HDF5Writer(path, taps, meta)
         return _NPZWriter(path, taps, meta)
     except OSError as exc:
-        raise LayertapError(f"cannot write output file {str(path)!r}: {exc}") from exc
+        raise OutputError(f"cannot write output file {str(path)!r}: {exc}") from exc
