@@ -300,3 +300,18 @@ def test_bad_inputs(siamese_model: keras.Model, make_input: object, message: str
         ex(x)
     with pytest.raises(layertap.BadInputError, match=re.escape(message)):
         ex.predict(x)
+
+
+def test_bare_operations_in_the_graph_are_tappable(rng: np.random.Generator) -> None:
+    """`x + y` on symbolic tensors adds an operation that is not a Layer (as in ConvNeXt)."""
+    inner_x = keras.Input((3,))
+    h = layers.Dense(3, name="fc")(inner_x)
+    block = keras.Model(inner_x, keras.ops.relu(h + inner_x), name="block")
+    x = keras.Input((3,))
+    model = keras.Model(x, layers.Dense(1, name="out")(block(x)))
+    ops = [r for r in layertap.list_layers(model) if r.depth == 1 and r.class_name != "Dense"]
+    assert [(r.class_name, r.params) for r in ops] == [("Add", 0), ("Relu", 0)]
+    data = rng.random((4, 3), dtype="float32")
+    run = layertap.Extractor(model, {"sum": ops[0].path, "out": "out"})(data)
+    assert_close(run["sum"], block.get_layer("fc")(data) + data)
+    assert_close(run["out"], model.predict(data, verbose=0))

@@ -153,6 +153,8 @@ def calls_in(graph: Functional, layer: Any, members: set[int] | None = None) -> 
 
 
 def _count_params(layer: Any) -> int:
+    if not isinstance(layer, keras.layers.Layer):
+        return 0  # a bare operation in the graph, such as ConvNeXt's `inputs + x`
     try:
         return int(layer.count_params())
     except ValueError:  # an unbuilt layer has no weights yet
