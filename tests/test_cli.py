@@ -205,6 +205,7 @@ def test_extract_h5_equals_plain_keras(
             "layer": "embedding",
             "shape": [5, 5],
             "dtype": "float32",
+            "pool": "keep",
         }
         assert json.loads(f.attrs["preprocessing"])["size"] == list(SIZE)
         assert f.attrs["layertap_version"] == layertap.__version__
@@ -234,7 +235,7 @@ def test_extract_equals_the_extractor_on_the_same_batches(
     model_file: Path, images: list[Path], tmp_path: Path
 ) -> None:
     """The CLI adds nothing to the numbers: same as Extractor on layertap's own loading."""
-    from layertap._images import ImageSpec, load_image
+    from layertap._data import ImageSpec, load_image
 
     out = tmp_path / "f.npz"
     assert run("extract", model_file, *images, "-l", "relu", "-o", out).exit_code == 0

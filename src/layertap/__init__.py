@@ -31,6 +31,7 @@ from layertap._errors import (
 )
 
 if TYPE_CHECKING:
+    from layertap._engine import ExtractResult, Features, extract
     from layertap._extractor import Extractor, TapInfo
     from layertap._graph import LayerInfo, list_layers, summary
     from layertap._load import load_model
@@ -41,6 +42,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 _LAZY = {
+    "extract": "layertap._engine",
+    "ExtractResult": "layertap._engine",
+    "Features": "layertap._engine",
     "Extractor": "layertap._extractor",
     "TapInfo": "layertap._extractor",
     "LayerInfo": "layertap._graph",
@@ -53,7 +57,9 @@ __all__ = [
     "AmbiguousLayerError",
     "BadInputError",
     "BadSpecError",
+    "ExtractResult",
     "Extractor",
+    "Features",
     "LayerInfo",
     "LayerNotFoundError",
     "LayertapError",
@@ -62,6 +68,7 @@ __all__ = [
     "TapInfo",
     "UnsupportedModelError",
     "__version__",
+    "extract",
     "list_layers",
     "load_model",
     "summary",

@@ -1,29 +1,38 @@
-"""Stage 5 (minimal), data: image files on disk -> preprocessed batches for a model.
+"""Stage 5, data: inputs -> preprocessed batches for a model, decoding in worker threads.
 
-Three steps, each usable alone:
+Inputs (:func:`make_source` picks the kind):
 
-1. :func:`expand_inputs`: files, folders (recursively, sorted) and glob patterns
-   -> one list of paths.
-2. :func:`load_image`: one file -> a float array the model's input takes (EXIF
-   orientation applied, converted to RGB or grayscale by the model's channel
-   count, resized to the model's height and width, scaled by a preset).
-3. :class:`ImageBatches`: paths -> ``(paths, array)`` batches; a file that cannot
-   be decoded is skipped and recorded in ``.failed`` as ``(path, reason)``.
+- image files, folders (recursive, sorted, hidden entries left out), glob patterns,
+  ``.txt`` / ``.csv`` lists of paths, and ``.npy`` arrays (one row per input), in
+  any mix (:func:`expand_inputs`; :class:`FileSource`);
+- in Python also a numpy array (:class:`ArraySource`), and any iterable of batches,
+  a ``tf.data.Dataset`` or a ``keras.utils.PyDataset`` (:class:`IterableSource`;
+  an element may be ``x`` or ``(x, y, ...)``, only ``x`` is used).
 
-:class:`ImageSpec` holds what the model wants (size, channels, layout) and the
-preprocessing preset; :meth:`ImageSpec.from_model` reads it from the model's input.
+Every source yields :class:`Batch` records: the row ids (file paths, ``file.npy[i]``,
+``array[i]``), the preprocessed array, the inputs that failed on the way, and how many
+inputs were consumed in all. A source can start at any input index, which is what a
+resumed run needs.
 
-Presets (``PRESETS``): ``rescale`` (multiply by 1/255, so pixels lie in [0, 1])
-and ``none`` (pixels as float32 in [0, 255], for models that normalise inside).
+Image files are decoded by a pool of threads (Pillow releases the GIL while it
+decodes and resizes) a few batches ahead of the model, so decoding overlaps compute
+while memory stays bounded by the batch size. Each image is turned upright by its
+EXIF orientation, converted to RGB, or to grayscale for a one-channel model,
+resized to the model's input size, and preprocessed by a preset (:data:`PRESETS`).
 """
 
 from __future__ import annotations
 
+import collections
+import csv
 import dataclasses
 import glob
+import hashlib
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,41 +43,125 @@ from layertap._errors import BadInputError
 
 __all__ = [
     "PRESETS",
-    "ImageBatches",
+    "RESAMPLE",
+    "ArraySource",
+    "Batch",
+    "FileSource",
     "ImageSpec",
+    "IterableSource",
+    "Source",
     "expand_inputs",
     "load_image",
+    "make_source",
+    "resolve_preprocess",
 ]
 
 _GLOB_CHARS = frozenset("*?[")
+_LIST_SUFFIXES = (".txt", ".csv")
 
+# ImageNet statistics as keras.applications.imagenet_utils uses them (RGB order).
+_CAFFE_MEAN = np.array([123.68, 116.779, 103.939], np.float32)
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
-def _rescale(x: np.ndarray) -> np.ndarray:
-    scaled: np.ndarray = x * np.float32(1.0 / 255.0)
-    return scaled
+Preprocess = Callable[[np.ndarray], np.ndarray]
 
 
 def _none(x: np.ndarray) -> np.ndarray:
     return x
 
 
-#: Preprocessing presets: name -> function of a float32 array with pixels in [0, 255].
-PRESETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "rescale": _rescale,
+def _rescale(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x * np.float32(1.0 / 255.0)
+    return out
+
+
+def _tf(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x / np.float32(127.5) - np.float32(1.0)
+    return out
+
+
+def _per_channel(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    # A one-channel (grayscale) input gets the mean of the three channels' values.
+    return values if x.shape[-1] == 3 else values.mean(keepdims=True)
+
+
+def _caffe(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x - _per_channel(x, _CAFFE_MEAN)
+    return out[..., ::-1] if x.shape[-1] == 3 else out
+
+
+def _torch(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (x / np.float32(255.0) - _per_channel(x, _TORCH_MEAN)) / _per_channel(
+        x, _TORCH_STD
+    )
+    return out
+
+
+#: Preprocessing presets: name -> function of float32 pixels in [0, 255], channels last.
+PRESETS: dict[str, Preprocess] = {
     "none": _none,
+    "rescale": _rescale,
+    "tf": _tf,
+    "caffe": _caffe,
+    "torch": _torch,
 }
+
+#: Resize methods (Pillow filters) by name.
+RESAMPLE: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def resolve_preprocess(preprocess: str | Preprocess) -> tuple[str, Preprocess]:
+    """A preset name, ``"module:function"`` or a callable -> ``(description, function)``.
+
+    Example:
+        >>> name, fn = resolve_preprocess("tf")
+        >>> name, fn(np.array([0.0, 255.0], np.float32)).tolist()
+        ('tf', [-1.0, 1.0])
+        >>> resolve_preprocess("numpy:sqrt")[0]
+        'numpy:sqrt'
+    """
+    if callable(preprocess):
+        module = getattr(preprocess, "__module__", None) or "?"
+        name = getattr(preprocess, "__qualname__", None) or type(preprocess).__name__
+        return f"{module}:{name}", preprocess
+    if preprocess in PRESETS:
+        return preprocess, PRESETS[preprocess]
+    module_name, sep, attr = preprocess.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInputError(
+            f"unknown preprocessing {preprocess!r}; valid: "
+            f"{', '.join(repr(p) for p in PRESETS)}, a callable, or 'module:function'"
+        )
+    try:
+        fn: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+    except (ImportError, AttributeError) as exc:
+        raise BadInputError(f"preprocessing {preprocess!r} cannot be imported: {exc}") from exc
+    if not callable(fn):
+        raise BadInputError(f"preprocessing {preprocess!r} is a {type(fn).__name__}, not callable")
+    return preprocess, fn
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
-    """What one image must become to enter the model.
+    """What one image file must become to enter the model.
 
     Attributes:
         height: rows after resizing.
         width: columns after resizing.
         channels: 3 (RGB) or 1 (grayscale, ``L``).
         channels_first: the model takes ``(C, H, W)`` instead of ``(H, W, C)``.
-        preset: a name from ``PRESETS``.
+        preprocess: a name from :data:`PRESETS`, ``"module:function"`` or a callable.
+        resize: a name from :data:`RESAMPLE`.
 
     Example:
         >>> ImageSpec(32, 48, 3).describe()["size"]
@@ -79,28 +172,45 @@ class ImageSpec:
     width: int
     channels: int = 3
     channels_first: bool = False
-    preset: str = "rescale"
+    preprocess: str | Preprocess = "rescale"
+    resize: str = "bilinear"
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
+        resolve_preprocess(self.preprocess)
+        if self.resize not in RESAMPLE:
             raise BadInputError(
-                f"unknown preprocessing preset {self.preset!r}; valid presets: "
-                f"{', '.join(repr(p) for p in PRESETS)}"
+                f"unknown resize method {self.resize!r}; valid: "
+                f"{', '.join(repr(r) for r in RESAMPLE)}"
             )
         if self.channels not in (1, 3):
             raise BadInputError(
                 f"images have 1 (grayscale) or 3 (RGB) channels, not {self.channels}"
             )
 
+    @property
+    def preset(self) -> str:
+        """The preprocessing's name (a preset, ``module:function`` or a callable's name)."""
+        return resolve_preprocess(self.preprocess)[0]
+
     @classmethod
-    def from_model(cls, model: Any, *, preset: str = "rescale") -> ImageSpec:
+    def from_model(
+        cls,
+        model: Any,
+        *,
+        preprocess: str | Preprocess = "rescale",
+        size: tuple[int, int] | None = None,
+        resize: str = "bilinear",
+    ) -> ImageSpec:
         """Read size, channels and layout from a one-input image model's input shape.
+
+        ``size`` (height, width) is needed only when the model takes any size.
 
         Example:
             >>> import keras
-            >>> m = keras.Sequential([keras.Input((40, 30, 3)), keras.layers.Flatten()])
-            >>> ImageSpec.from_model(m)
-            ImageSpec(height=40, width=30, channels=3, channels_first=False, preset='rescale')
+            >>> m = keras.Sequential([keras.Input((40, 30, 1)), keras.layers.Flatten()])
+            >>> s = ImageSpec.from_model(m)
+            >>> s.height, s.width, s.channels, s.channels_first
+            (40, 30, 1, False)
         """
         inputs = list(model.inputs)
         if len(inputs) != 1:
@@ -124,18 +234,20 @@ class ImageSpec:
                 f"model {model.name!r} takes inputs of shape {shape}: neither the last "
                 "nor the first axis after the batch has 1 or 3 channels"
             )
+        if size is not None:
+            height, width = size
         if height is None or width is None:
             raise BadInputError(
                 f"model {model.name!r} takes images of any size {shape}, so layertap "
-                "cannot choose one size to batch them at; give the model a fixed input size"
+                "cannot choose one size to batch them at; pass size=(H, W) (--size HxW)"
             )
-        return cls(int(height), int(width), int(channels), first, preset)
+        return cls(int(height), int(width), int(channels), first, preprocess, resize)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the preprocessing, stored beside the features.
 
         Example:
-            >>> ImageSpec(8, 8, 1, preset="none").describe()["color_mode"]
+            >>> ImageSpec(8, 8, 1, preprocess="none").describe()["color_mode"]
             'L'
         """
         return {
@@ -143,9 +255,29 @@ class ImageSpec:
             "size": [self.height, self.width],
             "color_mode": "RGB" if self.channels == 3 else "L",
             "layout": "CHW" if self.channels_first else "HWC",
-            "resample": "bilinear",
+            "resample": self.resize,
             "exif_transpose": True,
         }
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def _read_list(path: Path) -> list[Path]:
+    """Paths listed one per line (.txt) or in the ``path`` / first column (.csv)."""
+    base = path.parent
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.suffix.lower() == ".txt":
+            items = [line.strip() for line in f]
+            items = [s for s in items if s and not s.startswith("#")]
+        else:
+            rows = [row for row in csv.reader(f) if row and row[0].strip()]
+            column = 0
+            if rows and "path" in [c.strip().lower() for c in rows[0]]:
+                column = [c.strip().lower() for c in rows[0]].index("path")
+                rows = rows[1:]
+            items = [row[column].strip() for row in rows]
+    return [p if p.is_absolute() else base / p for p in map(Path, items)]
 
 
 def _expand_one(item: str | os.PathLike[str]) -> list[Path]:
@@ -157,6 +289,8 @@ def _expand_one(item: str | os.PathLike[str]) -> list[Path]:
             for p in path.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
+    if path.is_file() and path.suffix.lower() in _LIST_SUFFIXES:
+        return _read_list(path)
     if path.exists():
         return [path]
     if _GLOB_CHARS & set(text):
@@ -165,21 +299,25 @@ def _expand_one(item: str | os.PathLike[str]) -> list[Path]:
         if not files:
             raise BadInputError(f"input pattern {text!r} matches no file")
         return files
-    raise BadInputError(f"input {text!r} does not exist (expected an image file, folder or glob)")
+    raise BadInputError(
+        f"input {text!r} does not exist (expected an image file, a folder, a glob, "
+        "a .txt/.csv list of paths or a .npy array)"
+    )
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Turn files, folders and glob patterns into one list of files, in a stable order.
+    """Turn files, folders, glob patterns and path lists into one list of files.
 
     A folder gives every file below it, recursively, sorted by path; files and
     folders whose name starts with ``.`` are left out. A pattern (``*``, ``?``,
-    ``[...]``; ``**`` crosses folders) gives its matches, sorted. Other items are
-    kept in the order given; a file named twice is kept once. Files are not
-    opened here: one that is not an image fails later, in :class:`ImageBatches`,
-    and is reported there.
-
-    Raises :class:`~layertap.BadInputError` for an item that does not exist, a
-    pattern that matches nothing, or when no file is found at all.
+    ``[...]``; ``**`` crosses folders) gives its matches, sorted. A ``.txt`` file
+    lists one path per line (``#`` comments and blank lines skipped); a ``.csv``
+    file lists them in its ``path`` column (with a header) or its first column;
+    relative paths in a list are relative to the list's folder, and a listed path
+    that does not exist is reported later as a failed input. Other items are kept
+    in the order given; a file named twice is kept once. Files are not opened
+    here. Raises :class:`~layertap.BadInputError` for an item that does not exist,
+    a pattern that matches nothing, or when no file is found at all.
 
     Example:
         >>> import tempfile
@@ -188,6 +326,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
         ...     (d / name).parent.mkdir(exist_ok=True); (d / name).touch()
         >>> [p.relative_to(d).as_posix() for p in expand_inputs([d])]
         ['a.jpg', 'b.png', 'sub/c.png']
+        >>> _ = (d / "list.txt").write_text("sub/c.png\\n# a comment\\na.jpg\\n")
+        >>> [p.relative_to(d).as_posix() for p in expand_inputs([d / "list.txt"])]
+        ['sub/c.png', 'a.jpg']
     """
     seen: set[Path] = set()
     files: list[Path] = []
@@ -206,9 +347,9 @@ def load_image(path: str | os.PathLike[str], spec: ImageSpec) -> np.ndarray:
     """Decode one image file into the float32 array ``spec`` describes.
 
     The image is turned upright by its EXIF orientation, converted to RGB or
-    grayscale, resized (bilinear, aspect ratio not kept) to ``spec``'s size and
-    scaled by ``spec.preset``. Raises ``OSError`` (or ``ValueError``) when the file
-    cannot be decoded.
+    grayscale, resized (``spec.resize``, aspect ratio not kept) to ``spec``'s size
+    and preprocessed. Raises ``OSError`` (or ``ValueError``) when the file cannot
+    be decoded.
 
     Example:
         >>> import tempfile
@@ -226,72 +367,14 @@ def load_image(path: str | os.PathLike[str], spec: ImageSpec) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             img = img.convert("RGB" if spec.channels == 3 else "L")
             if img.size != (spec.width, spec.height):
-                img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+                img = img.resize((spec.width, spec.height), RESAMPLE[spec.resize])
             array = np.asarray(img, dtype=np.float32)
     if array.ndim == 2:
         array = array[:, :, None]
+    array = np.asarray(resolve_preprocess(spec.preprocess)[1](array), dtype=np.float32)
     if spec.channels_first:
         array = np.transpose(array, (2, 0, 1))
-    return np.ascontiguousarray(PRESETS[spec.preset](array), dtype=np.float32)
-
-
-class ImageBatches:
-    """Iterate ``(paths, array)`` batches of decoded images; record the files that fail.
-
-    ``array`` has shape ``(len(paths), H, W, C)`` (or ``(n, C, H, W)``); a batch
-    holds ``batch_size`` images except the last. A file that cannot be decoded is
-    skipped and appended to :attr:`failed` as ``(path, reason)``; the run goes on.
-
-    Attributes:
-        paths: the files, in order.
-        failed: ``(path, reason)`` for every file skipped so far.
-        done: how many files were read or skipped so far (for a progress bar).
-
-    Example:
-        >>> import tempfile
-        >>> d = Path(tempfile.mkdtemp())
-        >>> Image.new("RGB", (9, 9)).save(d / "a.png"); _ = (d / "b.png").write_text("no")
-        >>> batches = ImageBatches(expand_inputs([d]), ImageSpec(4, 4), batch_size=8)
-        >>> [(len(p), x.shape) for p, x in batches]
-        [(1, (1, 4, 4, 3))]
-        >>> [(Path(p).name, why[:26]) for p, why in batches.failed]
-        [('b.png', 'cannot identify image file')]
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[str | os.PathLike[str]],
-        spec: ImageSpec,
-        *,
-        batch_size: int = 32,
-    ) -> None:
-        if batch_size < 1:
-            raise BadInputError(f"batch size must be at least 1, not {batch_size}")
-        self.paths = [os.fspath(p) for p in paths]
-        self.spec = spec
-        self.batch_size = batch_size
-        self.failed: list[tuple[str, str]] = []
-        self.done = 0
-
-    def __len__(self) -> int:
-        """The number of files (not batches)."""
-        return len(self.paths)
-
-    def __iter__(self) -> Iterator[tuple[list[str], np.ndarray]]:
-        names: list[str] = []
-        arrays: list[np.ndarray] = []
-        for path in self.paths:
-            try:
-                arrays.append(load_image(path, self.spec))
-                names.append(path)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                self.failed.append((path, _reason(exc)))
-            self.done += 1
-            if len(names) == self.batch_size:
-                yield names, np.stack(arrays)
-                names, arrays = [], []
-        if names:
-            yield names, np.stack(arrays)
+    return np.ascontiguousarray(array)
 
 
 def _reason(exc: BaseException) -> str:
@@ -299,4 +382,299 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
         # Pillow names the file again; the path is stored beside the reason anyway.
         text = "cannot identify image file (not an image, or a format Pillow cannot read)"
+    elif isinstance(exc, FileNotFoundError):
+        text = "no such file"
     return text or type(exc).__name__
+
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+# --- sources ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch from a :class:`Source`.
+
+    Attributes:
+        ids: one id per row of ``x`` (a file path, ``file.npy[i]`` or ``array[i]``).
+        x: the model's input for these rows.
+        failed: ``(id, reason)`` for inputs skipped since the previous batch.
+        end: the number of inputs consumed so far, counted from the first input.
+    """
+
+    ids: list[str]
+    x: np.ndarray
+    failed: list[tuple[str, str]]
+    end: int
+
+
+class Source:
+    """Inputs as batches. ``len()`` is the number of inputs (``None`` when unknown).
+
+    Attributes:
+        kind: ``"files"``, ``"array"`` or ``"iterable"``.
+        fingerprint: a hash of the inputs' identity (``None``: cannot resume).
+        preprocessing: a JSON-able description of what is done to each input.
+    """
+
+    kind = "abstract"
+    fingerprint: str | None = None
+    preprocessing: dict[str, Any] = {}  # noqa: RUF012
+    total: int | None = None
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Batches of the inputs from index ``start`` on."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release worker threads."""
+
+
+class FileSource(Source):
+    """Image files and ``.npy`` arrays, decoded in threads a few batches ahead.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (9, 9)).save(d / "a.png"); _ = (d / "b.png").write_text("no")
+        >>> src = FileSource(expand_inputs([d]), ImageSpec(4, 4), batch_size=8)
+        >>> [(b.ids[0][-5:], b.x.shape, b.failed[0][1][:26], b.end) for b in src.batches()]
+        [('a.png', (1, 4, 4, 3), 'cannot identify image file', 2)]
+    """
+
+    kind = "files"
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        spec: ImageSpec,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise BadInputError(f"batch size must be at least 1, not {batch_size}")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self._arrays: dict[str, np.ndarray] = {}
+        # One entry per input: (id, path, row of a .npy file or -1 for an image).
+        self.entries: list[tuple[str, str, int]] = []
+        for p in paths:
+            text = os.fspath(p)
+            if text.lower().endswith(".npy"):
+                array = self._npy(text)
+                self.entries.extend((f"{text}[{i}]", text, i) for i in range(len(array)))
+            else:
+                self.entries.append((text, text, -1))
+        self.total = len(self.entries)
+        self.preprocessing = spec.describe()
+        h = hashlib.sha256()
+        for entry_id, _, _ in self.entries:
+            h.update(entry_id.encode() + b"\0")
+        for path in sorted(self._arrays):
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        self.fingerprint = h.hexdigest()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _npy(self, path: str) -> np.ndarray:
+        if path not in self._arrays:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise BadInputError(f"input {path!r} is not a readable .npy array: {exc}") from exc
+            if array.ndim < 1:
+                raise BadInputError(f"input {path!r} holds a scalar, not rows of inputs")
+            self._arrays[path] = array
+        return self._arrays[path]
+
+    def _load(self, path: str, row: int) -> np.ndarray:
+        if row < 0:
+            return load_image(path, self.spec)
+        x = np.asarray(self._arrays[path][row], dtype=np.float32)
+        return np.asarray(resolve_preprocess(self.spec.preprocess)[1](x), dtype=np.float32)
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="layertap-decode")
+        pool = self._pool
+        window = 2 * self.batch_size + self.workers  # about two batches decoded ahead
+        pending: collections.deque[tuple[int, Future[np.ndarray]]] = collections.deque()
+        todo = iter(range(start, len(self.entries)))
+
+        def refill() -> None:
+            while len(pending) < window:
+                i = next(todo, None)
+                if i is None:
+                    return
+                _, path, row = self.entries[i]
+                pending.append((i, pool.submit(self._load, path, row)))
+
+        ids: list[str] = []
+        arrays: list[np.ndarray] = []
+        failed: list[tuple[str, str]] = []
+        try:
+            refill()
+            while pending:
+                i, future = pending.popleft()
+                refill()
+                entry_id = self.entries[i][0]
+                try:
+                    arrays.append(future.result())
+                    ids.append(entry_id)
+                except _DECODE_ERRORS as exc:
+                    failed.append((entry_id, _reason(exc)))
+                if len(ids) == self.batch_size or (not pending and (ids or failed)):
+                    x = np.stack(arrays) if arrays else np.zeros((0,), np.float32)
+                    yield Batch(ids, x, failed, i + 1)
+                    ids, arrays, failed = [], [], []
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class ArraySource(Source):
+    """Rows of an in-memory array, preprocessed per batch; ids ``array[i]``.
+
+    Example:
+        >>> src = ArraySource(np.ones((5, 2), np.float32), batch_size=2)
+        >>> [(b.ids, b.x.shape) for b in src.batches(start=2)]
+        [(['array[2]', 'array[3]'], (2, 2)), (['array[4]'], (1, 2))]
+    """
+
+    kind = "array"
+
+    def __init__(
+        self, array: np.ndarray, *, batch_size: int = 32, preprocess: str | Preprocess = "none"
+    ) -> None:
+        if batch_size < 1:
+            raise BadInputError(f"batch size must be at least 1, not {batch_size}")
+        if array.ndim < 1:
+            raise BadInputError("input array is a scalar, not rows of inputs")
+        self.array = array
+        self.batch_size = batch_size
+        name, self._fn = resolve_preprocess(preprocess)
+        self.preprocessing = {"preset": name}
+        self.total = len(array)
+        h = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+        h.update(np.ascontiguousarray(array).data)
+        self.fingerprint = h.hexdigest()
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        for i in range(start, len(self.array), self.batch_size):
+            j = min(i + self.batch_size, len(self.array))
+            x = np.asarray(self._fn(np.asarray(self.array[i:j], dtype=np.float32)))
+            yield Batch([f"array[{k}]" for k in range(i, j)], x, [], j)
+
+
+def _features_of(element: Any) -> Any:
+    if isinstance(element, tuple):
+        return element[0]  # (x, y) or (x, y, sample_weight)
+    return element
+
+
+class IterableSource(Source):
+    """Batches from an iterable, a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``.
+
+    Each element is a batch ``x`` or a tuple ``(x, y, ...)``; ids are ``batch[b][i]``.
+    Such inputs cannot be fingerprinted, so a run over them cannot resume.
+
+    Example:
+        >>> src = IterableSource([np.zeros((2, 3)), (np.ones((1, 3)), np.zeros(1))])
+        >>> [(b.ids, b.x.shape) for b in src.batches()]
+        [(['batch[0][0]', 'batch[0][1]'], (2, 3)), (['batch[1][0]'], (1, 3))]
+    """
+
+    kind = "iterable"
+
+    def __init__(self, batches: Iterable[Any], *, preprocess: str | Preprocess = "none") -> None:
+        self._iterable = batches
+        name, self._fn = resolve_preprocess(preprocess)
+        self.preprocessing = {"preset": name}
+
+    def _elements(self) -> Iterator[Any]:
+        obj: Any = self._iterable
+        if type(obj).__module__.startswith("tensorflow") and hasattr(obj, "as_numpy_iterator"):
+            yield from obj.as_numpy_iterator()
+            return
+        if _is_pydataset(obj):
+            for i in range(obj.num_batches if obj.num_batches is not None else len(obj)):
+                yield obj[i]
+            return
+        yield from obj
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        if start:
+            raise BadInputError("a run over an iterable or dataset cannot resume; start over")
+        end = 0
+        for b, element in enumerate(self._elements()):
+            x = _features_of(element)
+            if isinstance(x, dict | list):
+                raise BadInputError(
+                    "batches with several inputs (a dict or list) are not supported by "
+                    "extract(); call Extractor.predict instead"
+                )
+            x = np.asarray(self._fn(np.asarray(x, dtype=np.float32)))
+            end += len(x)
+            yield Batch([f"batch[{b}][{i}]" for i in range(len(x))], x, [], end)
+
+
+def _is_pydataset(obj: Any) -> bool:
+    for cls in type(obj).__mro__:
+        if cls.__name__ == "PyDataset" and cls.__module__.startswith("keras"):
+            return True
+    return False
+
+
+def make_source(
+    inputs: Any,
+    model: Any,
+    *,
+    batch_size: int = 32,
+    preprocess: str | Preprocess | None = None,
+    size: tuple[int, int] | None = None,
+    resize: str = "bilinear",
+    workers: int | None = None,
+) -> Source:
+    """Pick the :class:`Source` for ``inputs``.
+
+    Paths (a str, a ``PathLike`` or a list of them) are files; a numpy array is
+    rows; anything else iterable is batches. ``preprocess=None`` means
+    ``"rescale"`` for files and ``"none"`` for arrays and batches.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> make_source(np.zeros((4, 3)), m).kind
+        'array'
+    """
+    if isinstance(inputs, np.ndarray):
+        return ArraySource(inputs, batch_size=batch_size, preprocess=preprocess or "none")
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    if isinstance(inputs, list | tuple) and all(isinstance(i, str | os.PathLike) for i in inputs):
+        paths = expand_inputs(inputs)
+        if all(os.fspath(p).lower().endswith(".npy") for p in paths):
+            # Arrays only: no image decoding, so the model need not take images.
+            spec = ImageSpec(1, 1, 3, preprocess=preprocess or "none", resize=resize)
+            src = FileSource(paths, spec, batch_size=batch_size, workers=workers)
+            src.preprocessing = {"preset": spec.preset}
+            return src
+        spec = ImageSpec.from_model(
+            model, preprocess=preprocess or "rescale", size=size, resize=resize
+        )
+        return FileSource(paths, spec, batch_size=batch_size, workers=workers)
+    if isinstance(inputs, Iterable) or _is_pydataset(inputs):
+        return IterableSource(inputs, preprocess=preprocess or "none")
+    raise BadInputError(
+        f"inputs of type {type(inputs).__name__} are not supported: pass paths, a numpy "
+        "array, an iterable of batches, a tf.data.Dataset or a keras.utils.PyDataset"
+    )

@@ -1,32 +1,48 @@
-"""Stage 7 (minimal), write: batches of features -> an HDF5 or NPZ file, rows aligned with paths.
+"""Stage 7, write: batches of features -> HDF5, NPZ or Parquet, resumable, bounded memory.
 
-The format is chosen by the output file's suffix: ``.h5`` / ``.hdf5`` or ``.npz``.
-A run writes to a hidden ``.NAME.partial`` file beside the output and renames it
-when the run ends, so a crashed run never leaves a file that looks complete.
+The format is chosen by the output file's suffix (``.h5`` / ``.hdf5``, ``.npz``,
+``.parquet`` / ``.pq``) or given explicitly.
+
+**Resumable.** Every run writes an HDF5 file batch by batch: the output itself for
+HDF5, a hidden *spool* ``.NAME.partial.h5`` beside the output for NPZ and Parquet,
+which is converted (streaming, chunk by chunk) when the run ends and then removed.
+After each batch the rows, the failed inputs and a ``progress`` record
+(``[rows written, inputs consumed, failures recorded]``) are written and the file is
+flushed, so a run that is interrupted, even by SIGKILL, leaves a readable file whose
+``progress`` says how far it got. The file also holds the run's *fingerprint* (model
+file hash, taps, reducers, preprocessing, a hash of the input list). Opening a writer
+on an existing file with the same fingerprint resumes it: rows beyond ``progress``
+are cut and the run goes on from the next input. A file with another fingerprint is
+refused (:class:`~layertap.OutputError`) unless ``overwrite`` is true; a finished
+file with the same fingerprint is left as it is.
 
 **Dataset names.** A tap's key (an alias or a canonical path such as
-``backbone/block_1_conv`` or ``encoder@1/conv``) is kept verbatim in the file's
-metadata; its array is stored under a *safe name* derived from the key
-(:func:`safe_name`): each ``/`` becomes ``.``, every character other than
-letters, digits, ``_``, ``-``, ``.`` and ``@`` becomes ``_``, and a name that
-clashes with another tap or a reserved name gets ``_2``, ``_3``, ... appended.
-So ``backbone/block_1_conv`` is stored as ``backbone.block_1_conv``.
+``backbone/block_1_conv``) is kept verbatim in the metadata; its array is stored
+under a *safe name* (:func:`safe_name`): each ``/`` becomes ``.``, every character
+other than letters, digits, ``_``, ``-``, ``.`` and ``@`` becomes ``_``, and a name
+that clashes with another tap or a reserved name gets ``_2``, ``_3``, ... appended.
 
 **HDF5 layout** (read it with h5py)::
 
-    /<safe name>      one dataset per tap, rows = images, chunked and resizable;
+    /<safe name>      one dataset per tap, rows = inputs, chunked and resizable;
                       attributes "key" (the tap's key) and "layer" (its canonical path)
-    /paths            the source file of every row (UTF-8 strings)
-    /failed/path      files that were skipped ...
+    /paths            the source of every row (UTF-8 strings), in row order
+    /failed/path      inputs that were skipped ...
     /failed/reason    ... and why (UTF-8 strings)
-    attributes        "model" (model file), "layers" (JSON {key: spec as given}),
-                      "taps" (JSON {key: {"dataset", "layer", "shape", "dtype"}}),
-                      "preprocessing" (JSON), "layertap_version", "rows"
+    /progress         int64 [rows, inputs consumed, failures]
+    attributes        "model", "layers", "pool", "preprocessing", "layertap_version",
+                      "taps" (JSON {key: {"dataset", "layer", "shape", "dtype", "pool"}}),
+                      "fingerprint" (JSON), "rows", "complete" (false until the run ends)
 
-**NPZ layout** (read it with ``numpy.load``): the same arrays under the same safe
-names, ``paths``, ``failed_path``, ``failed_reason``, and ``__layertap__``, a JSON
-string holding the attributes above. NPZ collects every batch in memory and
-writes once at the end; use HDF5 for large runs.
+**NPZ layout** (``numpy.load``): the same arrays under the same names, ``paths``,
+``failed_path``, ``failed_reason``, and ``__layertap__``, a JSON string holding the
+attributes.
+
+**Parquet layout** (:func:`parquet_schema`): one row per input; a ``path`` column
+(string) and one column per tap named by its safe name, a fixed-size list of
+float32 holding the row flattened in C order; each tap field's metadata records
+its ``key``, ``layer``, ``shape`` and source ``dtype``, and the schema metadata key
+``layertap`` holds the attributes and the failed inputs as JSON.
 """
 
 from __future__ import annotations
@@ -34,7 +50,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,17 +62,28 @@ from layertap._errors import OutputError
 if TYPE_CHECKING:
     from layertap._extractor import TapInfo
 
-__all__ = ["SUFFIXES", "FeatureWriter", "check_output", "open_writer", "safe_name", "safe_names"]
+__all__ = [
+    "SUFFIXES",
+    "FeatureWriter",
+    "check_output",
+    "open_writer",
+    "parquet_schema",
+    "safe_name",
+    "safe_names",
+]
 
 #: Output suffix -> format name.
-SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz"}
+SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = ("hdf5", "npz", "parquet")
 
 _RESERVED = {
-    "hdf5": frozenset({"paths", "failed"}),
-    "npz": frozenset({"paths", "failed_path", "failed_reason", "__layertap__"}),
+    "hdf5": frozenset({"paths", "failed", "progress"}),
+    "npz": frozenset({"paths", "failed_path", "failed_reason", "__layertap__", "progress"}),
+    "parquet": frozenset({"path", "paths", "failed", "progress"}),
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
 _CHUNK_BYTES = 1 << 20
+_COPY_BYTES = 16 << 20  # rows copied per step when a spool is converted
 
 
 def safe_name(key: str) -> str:
@@ -88,223 +116,433 @@ def safe_names(keys: Sequence[str], reserved: frozenset[str] = frozenset()) -> d
     return names
 
 
-def _partial_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
+def parquet_schema(
+    columns: Mapping[str, tuple[str, str, tuple[int, ...], str]],
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """The Parquet schema of a feature file (every engine writes exactly this).
 
+    ``columns`` is ``{column name: (tap key, layer path, row shape, source dtype)}``;
+    ``metadata`` goes, as JSON, under the schema metadata key ``layertap``.
 
-class FeatureWriter:
-    """Append batches of features with their paths; ``close`` records failures and finishes.
-
-    Use :func:`open_writer` to make one. ``taps`` is :attr:`Extractor.outputs
-    <layertap.Extractor>` (``{key: TapInfo}``); ``meta`` holds the run's
-    attributes (``model``, ``layers``, ``preprocessing``, ``layertap_version``).
-
-    Attributes:
-        path: the output file.
-        names: ``{key: dataset name}``.
-        rows: rows written so far.
-        shapes: ``{dataset name: shape}`` of what was written so far.
+    Example:
+        >>> s = parquet_schema({"emb": ("emb", "embedding", (2, 3), "float32")})
+        >>> [(f.name, str(f.type)) for f in s]
+        [('path', 'string'), ('emb', 'fixed_size_list<item: float>[6]')]
+        >>> json.loads(s.field("emb").metadata[b"shape"])
+        [2, 3]
     """
+    import pyarrow as pa
 
-    format = "abstract"
-
-    def __init__(self, path: Path, taps: Mapping[str, TapInfo], meta: Mapping[str, Any]) -> None:
-        self.path = path
-        self.taps = {key: info.path for key, info in taps.items()}
-        self.meta = dict(meta)
-        self.names = safe_names(list(taps), _RESERVED[self.format])
-        self.rows = 0
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, str] = {}
-        self._partial = _partial_path(path)
-        # Rows of a known shape get their (empty) array up front, so even a run in
-        # which every input fails writes every tap.
-        for key, info in taps.items():
-            row = tuple(info.shape[1:])
-            if all(isinstance(d, int) for d in row):
-                name = self.names[key]
-                self.shapes[name] = (0, *(int(d) for d in row if d is not None))
-                self.dtypes[name] = np.dtype(info.dtype).name
-
-    def _check(self, paths: Sequence[str], features: Mapping[str, np.ndarray]) -> None:
-        missing = [k for k in self.taps if k not in features]
-        if missing:
-            raise ValueError(f"batch lacks the taps {missing!r}")
-        for key in self.taps:
-            if len(features[key]) != len(paths):
-                raise ValueError(
-                    f"tap {key!r} has {len(features[key])} rows for {len(paths)} paths"
-                )
-
-    def _taps_json(self) -> str:
-        return json.dumps(
-            {
-                key: {
-                    "dataset": self.names[key],
-                    "layer": self.taps[key],
-                    "shape": list(self.shapes.get(self.names[key], ())),
-                    "dtype": self.dtypes.get(self.names[key], ""),
-                }
-                for key in self.taps
-            }
+    fields = [pa.field("path", pa.string(), nullable=False)]
+    for name, (key, layer, shape, dtype) in columns.items():
+        size = int(np.prod(shape, dtype=np.int64))
+        fields.append(
+            pa.field(
+                name,
+                pa.list_(pa.float32(), size),
+                nullable=False,
+                metadata={
+                    "key": key,
+                    "layer": layer,
+                    "shape": json.dumps(list(shape)),
+                    "dtype": dtype,
+                },
+            )
         )
-
-    def _attrs(self) -> dict[str, Any]:
-        attrs = {
-            k: v if isinstance(v, str | int | float) else json.dumps(v)
-            for k, v in self.meta.items()
-        }
-        attrs["taps"] = self._taps_json()
-        attrs["rows"] = self.rows
-        return attrs
-
-    def write(self, paths: Sequence[str], features: Mapping[str, np.ndarray]) -> None:
-        """Append one batch: ``features[key]`` has one row per entry of ``paths``."""
-        raise NotImplementedError
-
-    def close(self, failed: Sequence[tuple[str, str]] = ()) -> None:
-        """Record ``failed`` as ``(path, reason)`` pairs and move the file into place."""
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        """Drop the partial file (after an error); the output path is left untouched."""
-        self._partial.unlink(missing_ok=True)
+    return pa.schema(fields, metadata={"layertap": json.dumps(dict(metadata or {}))})
 
 
-class _HDF5Writer(FeatureWriter):
-    format = "hdf5"
+def output_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The format for ``path``: ``fmt`` if given, else from the suffix.
 
-    def __init__(self, path: Path, taps: Mapping[str, TapInfo], meta: Mapping[str, Any]) -> None:
-        import h5py
-
-        super().__init__(path, taps, meta)
-        self._h5 = h5py
-        self._file = h5py.File(self._partial, "w")
-        text = h5py.string_dtype(encoding="utf-8")
-        self._paths = self._file.create_dataset(
-            "paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(1024,)
+    Example:
+        >>> output_format("f.parquet"), output_format("f.bin", "npz")
+        ('parquet', 'npz')
+    """
+    path = Path(path)
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise OutputError(f"unknown output format {fmt!r}; valid: {', '.join(FORMATS)}")
+        return fmt
+    found = SUFFIXES.get(path.suffix.lower())
+    if found is None:
+        raise OutputError(
+            f"output file {str(path)!r} has an unknown suffix {path.suffix!r}; "
+            f"layertap writes {', '.join(SUFFIXES)} (or pass format=/--format)"
         )
-        for key, name in self.names.items():
-            if name in self.shapes:
-                self._create(key, self.shapes[name][1:], np.dtype(self.dtypes[name]))
-
-    def _create(self, key: str, row: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
-        name = self.names[key]
-        row_bytes = max(1, int(np.prod(row, dtype=np.int64)) * dtype.itemsize)
-        chunk_rows = max(1, min(1024, _CHUNK_BYTES // row_bytes))
-        ds = self._file.create_dataset(
-            name,
-            shape=(0, *row),
-            maxshape=(None, *row),
-            dtype=dtype,
-            chunks=(chunk_rows, *row),
-        )
-        ds.attrs["key"] = key
-        ds.attrs["layer"] = self.taps[key]
-        self.dtypes[name] = dtype.name
-        return ds
-
-    def _dataset(self, key: str, batch: np.ndarray) -> Any:
-        name = self.names[key]
-        if name not in self._file:
-            return self._create(key, tuple(batch.shape[1:]), batch.dtype)
-        return self._file[name]
-
-    def write(self, paths: Sequence[str], features: Mapping[str, np.ndarray]) -> None:
-        self._check(paths, features)
-        n = len(paths)
-        if n == 0:
-            return
-        for key in self.taps:
-            batch = np.asarray(features[key])
-            ds = self._dataset(key, batch)
-            ds.resize(self.rows + n, axis=0)
-            ds[self.rows :] = batch
-            self.shapes[ds.name.lstrip("/")] = tuple(ds.shape)
-        self._paths.resize(self.rows + n, axis=0)
-        self._paths[self.rows :] = list(paths)
-        self.rows += n
-
-    def close(self, failed: Sequence[tuple[str, str]] = ()) -> None:
-        text = self._h5.string_dtype(encoding="utf-8")
-        group = self._file.create_group("failed")
-        group.create_dataset("path", data=[p for p, _ in failed], dtype=text, shape=(len(failed),))
-        group.create_dataset(
-            "reason", data=[r for _, r in failed], dtype=text, shape=(len(failed),)
-        )
-        for k, v in self._attrs().items():
-            self._file.attrs[k] = v
-        self._file.close()
-        os.replace(self._partial, self.path)
-
-    def abort(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
-        super().abort()
+    return found
 
 
-class _NPZWriter(FeatureWriter):
-    format = "npz"
-
-    def __init__(self, path: Path, taps: Mapping[str, TapInfo], meta: Mapping[str, Any]) -> None:
-        super().__init__(path, taps, meta)
-        self._batches: dict[str, list[np.ndarray]] = {key: [] for key in taps}
-        self._paths: list[str] = []
-        self._partial.touch()  # claim the name, and fail early on an unwritable folder
-
-    def write(self, paths: Sequence[str], features: Mapping[str, np.ndarray]) -> None:
-        self._check(paths, features)
-        for key in self.taps:
-            batch = np.asarray(features[key])
-            self._batches[key].append(batch)
-            name = self.names[key]
-            self.shapes[name] = (self.rows + len(paths), *batch.shape[1:])
-            self.dtypes[name] = batch.dtype.name
-        self._paths.extend(paths)
-        self.rows += len(paths)
-
-    def close(self, failed: Sequence[tuple[str, str]] = ()) -> None:
-        arrays: dict[str, np.ndarray] = {}
-        for key, parts in self._batches.items():
-            name = self.names[key]
-            if parts:
-                arrays[name] = np.concatenate(parts)
-            else:  # no input decoded: an empty array of the tap's shape, when known
-                shape = self.shapes.get(name, (0,))
-                arrays[name] = np.zeros(shape, self.dtypes.get(name, "float32"))
-        arrays["paths"] = np.array(self._paths, dtype=str)
-        arrays["failed_path"] = np.array([p for p, _ in failed], dtype=str)
-        arrays["failed_reason"] = np.array([r for _, r in failed], dtype=str)
-        arrays["__layertap__"] = np.array(json.dumps(self._attrs()))
-        with open(self._partial, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(self._partial, self.path)
-
-
-def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-    """Return the format for ``path`` (``"hdf5"`` or ``"npz"``), or raise saying why not.
-
-    Raises :class:`~layertap.OutputError` for an unknown suffix, a folder, or an
-    existing file when ``overwrite`` is false.
+def check_output(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """Return the format for ``path``, or raise :class:`~layertap.OutputError` saying why not.
 
     Example:
         >>> check_output("feats.npz")
         'npz'
     """
     path = Path(path)
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise OutputError(
-            f"output file {str(path)!r} has an unknown suffix {path.suffix!r}; "
-            f"layertap writes {', '.join(SUFFIXES)}"
-        )
+    found = output_format(path, fmt)
     if path.is_dir():
         raise OutputError(f"output path {str(path)!r} is a folder, not a file")
-    if path.exists() and not overwrite:
-        raise OutputError(
-            f"output file {str(path)!r} exists; remove it or pass overwrite=True (--overwrite)"
+    return found
+
+
+def _spool_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial.h5")
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _refuse(path: Path, why: str) -> OutputError:
+    return OutputError(
+        f"output file {str(path)!r} exists and {why}; it is neither overwritten nor "
+        "appended to: remove it, choose another output, or pass overwrite=True (--overwrite)"
+    )
+
+
+class FeatureWriter:
+    """Append batches of features with their ids; resumable; ``close`` finishes the file.
+
+    Use :func:`open_writer` to make one. After opening, :attr:`inputs_done` is the
+    number of inputs a previous run already consumed (0 for a new file), and
+    :attr:`complete` is true when the file is already finished.
+
+    Attributes:
+        path: the output file.
+        format: ``"hdf5"``, ``"npz"`` or ``"parquet"``.
+        names: ``{key: dataset name}``.
+        rows: rows written so far (including a previous run's).
+        inputs_done: inputs consumed so far (rows plus failures).
+        failed: ``(id, reason)`` of every failed input so far.
+        shapes: ``{dataset name: shape}`` of what was written so far.
+        resumed: rows found from a previous run.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        taps: Mapping[str, TapInfo],
+        meta: Mapping[str, Any],
+        fingerprint: Mapping[str, Any] | None,
+        *,
+        overwrite: bool,
+        pool: Mapping[str, str] | None = None,
+    ) -> None:
+        import h5py
+
+        self._h5 = h5py
+        self.path = path
+        self.format = fmt
+        self.taps = {key: info.path for key, info in taps.items()}
+        self.pool = dict(pool or {})
+        self.meta = dict(meta)
+        self.fingerprint = dict(fingerprint) if fingerprint is not None else None
+        self.names = safe_names(list(taps), _RESERVED[fmt])
+        self.rows = 0
+        self.inputs_done = 0
+        self.resumed = 0
+        self.complete = False
+        self.failed: list[tuple[str, str]] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
+        self.spool = path if fmt == "hdf5" else _spool_path(path)
+        self._file: Any = None
+        if overwrite:
+            path.unlink(missing_ok=True)
+            self.spool.unlink(missing_ok=True)
+        elif fmt != "hdf5" and path.exists():
+            old = _read_fingerprint(path, fmt)
+            self._accept(path, old)
+            self.complete = True
+            return
+        if self.spool.exists():
+            self._file = self._resume()
+        else:
+            self._file = self._create()
+        # Taps of a known row shape get their (empty) dataset up front, so even a run
+        # in which every input fails writes every tap.
+        for key, info in taps.items():
+            row = tuple(info.shape[1:])
+            if self.names[key] not in self._file and all(isinstance(d, int) for d in row):
+                self._dataset(key, tuple(int(d) for d in row if d is not None), info.dtype)
+        self._file.flush()
+
+    # --- opening ------------------------------------------------------------------
+
+    def _accept(self, path: Path, old: Mapping[str, Any] | None) -> None:
+        if old is None:
+            raise _refuse(path, "was not written by layertap (or by an older version)")
+        if self.fingerprint is None:
+            raise _refuse(path, "these inputs (an iterable or dataset) cannot be matched to it")
+        diff = _differences(old, self.fingerprint)
+        if diff:
+            raise _refuse(path, f"was written by a different run (differs in: {', '.join(diff)})")
+
+    def _create(self) -> Any:
+        h5py = self._h5
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(self.spool, "w")
+        except OSError as exc:
+            raise OutputError(f"cannot write output file {str(self.path)!r}: {exc}") from exc
+        text = h5py.string_dtype(encoding="utf-8")
+        f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=text, chunks=(1024,))
+        for name in ("path", "reason"):
+            f.create_dataset(f"failed/{name}", (0,), maxshape=(None,), dtype=text, chunks=(256,))
+        f.create_dataset("progress", data=np.zeros(3, np.int64))
+        f.attrs["fingerprint"] = json.dumps(self.fingerprint)
+        f.attrs["complete"] = False
+        for k, v in self._attrs().items():
+            f.attrs[k] = v
+        return f
+
+    def _resume(self) -> Any:
+        try:
+            f = self._h5.File(self.spool, "r+")
+        except OSError as exc:
+            raise _refuse(self.spool, f"cannot be read as HDF5 ({exc})") from exc
+        try:
+            raw = f.attrs.get("fingerprint")
+            old = json.loads(raw) if isinstance(raw, str) else None
+            self._accept(self.spool, old)
+            rows, inputs, nfailed = (int(v) for v in f["progress"][:])
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        self.complete = bool(f.attrs.get("complete", False))
+        # Cut whatever a killed run wrote after its last committed batch.
+        for _key, name in self.names.items():
+            if name in f:
+                f[name].resize(rows, axis=0)
+                self.shapes[name] = tuple(f[name].shape)
+                self.dtypes[name] = f[name].dtype.name
+        f["paths"].resize(rows, axis=0)
+        for part in ("path", "reason"):
+            f[f"failed/{part}"].resize(nfailed, axis=0)
+        self.failed = list(
+            zip(f["failed/path"].asstr()[:], f["failed/reason"].asstr()[:], strict=True)
         )
-    return fmt
+        self.rows = self.resumed = rows
+        self.inputs_done = inputs
+        if self.complete and self.format != "hdf5":
+            self.complete = False  # the spool is finished; convert it again
+        return f
+
+    def _dataset(self, key: str, row: tuple[int, ...], dtype: str) -> Any:
+        name = self.names[key]
+        dt = np.dtype(dtype)
+        row_bytes = max(1, int(np.prod(row, dtype=np.int64)) * dt.itemsize)
+        chunk_rows = max(1, min(1024, _CHUNK_BYTES // row_bytes))
+        ds = self._file.create_dataset(
+            name, shape=(0, *row), maxshape=(None, *row), dtype=dt, chunks=(chunk_rows, *row)
+        )
+        ds.attrs["key"] = key
+        ds.attrs["layer"] = self.taps[key]
+        self.shapes[name] = (0, *row)
+        self.dtypes[name] = dt.name
+        return ds
+
+    # --- writing ------------------------------------------------------------------
+
+    def _attrs(self) -> dict[str, Any]:
+        attrs = {
+            k: v if isinstance(v, str | int | float) else json.dumps(v)
+            for k, v in self.meta.items()
+        }
+        attrs["taps"] = json.dumps(
+            {
+                key: {
+                    "dataset": self.names[key],
+                    "layer": self.taps[key],
+                    "shape": list(self.shapes.get(self.names[key], ())),
+                    "dtype": self.dtypes.get(self.names[key], ""),
+                    "pool": self.pool.get(key, "keep"),
+                }
+                for key in self.taps
+            }
+        )
+        attrs["rows"] = self.rows
+        return attrs
+
+    def write(
+        self,
+        ids: Sequence[str],
+        features: Mapping[str, np.ndarray],
+        failed: Sequence[tuple[str, str]] = (),
+        inputs_done: int | None = None,
+    ) -> None:
+        """Append one batch and commit it: rows, failures, then progress, then flush.
+
+        ``features[key]`` has one row per id; ``inputs_done`` is the number of
+        inputs consumed up to the end of this batch (default: one per row and failure).
+        """
+        n = len(ids)
+        for key in self.taps:
+            if len(features[key]) != n:
+                raise ValueError(f"tap {key!r} has {len(features[key])} rows for {n} ids")
+        f = self._file
+        if n:
+            for key in self.taps:
+                batch = np.asarray(features[key])
+                name = self.names[key]
+                ds = f[name] if name in f else self._dataset(key, batch.shape[1:], batch.dtype.name)
+                ds.resize(self.rows + n, axis=0)
+                ds[self.rows :] = batch
+                self.shapes[name] = tuple(ds.shape)
+            f["paths"].resize(self.rows + n, axis=0)
+            f["paths"][self.rows :] = list(ids)
+        if failed:
+            k = len(self.failed)
+            for part, values in (
+                ("path", [p for p, _ in failed]),
+                ("reason", [r for _, r in failed]),
+            ):
+                f[f"failed/{part}"].resize(k + len(failed), axis=0)
+                f[f"failed/{part}"][k:] = values
+            self.failed.extend(failed)
+        self.rows += n
+        self.inputs_done = (
+            inputs_done if inputs_done is not None else self.inputs_done + n + len(failed)
+        )
+        f.flush()  # the rows first, then the record that commits them
+        f["progress"][:] = [self.rows, self.inputs_done, len(self.failed)]
+        f.flush()
+
+    def close(self) -> None:
+        """Finish: mark the HDF5 complete, or convert the spool to NPZ / Parquet."""
+        if self._file is not None:
+            for k, v in self._attrs().items():
+                self._file.attrs[k] = v
+            self._file.attrs["complete"] = True
+            self._file.close()
+            self._file = None
+        if self.format != "hdf5" and not self.complete:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            try:
+                if self.format == "npz":
+                    _spool_to_npz(self.spool, tmp)
+                else:
+                    _spool_to_parquet(self.spool, tmp)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self.spool.unlink()
+        self.complete = True
+
+    def abort(self) -> None:
+        """Close the file as it is (after an error or an interrupt); it can be resumed."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --- spool conversion -------------------------------------------------------------------
+
+
+def _chunks(ds: Any) -> Iterator[tuple[int, int]]:
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    step = max(1, _COPY_BYTES // row_bytes)
+    for i in range(0, len(ds), step):
+        yield i, min(i + step, len(ds))
+
+
+def _spool_meta(f: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    taps: dict[str, Any] = json.loads(attrs["taps"])
+    return attrs, taps
+
+
+def _write_npy(
+    zf: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: Any, parts: Any
+) -> None:
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": shape,
+        }
+        np.lib.format.write_array_header_2_0(out, header)
+        for part in parts:
+            out.write(np.ascontiguousarray(part, dtype=dtype).tobytes())
+
+
+def _write_strings(zf: zipfile.ZipFile, name: str, ds: Any) -> None:
+    width = 1
+    for i, j in _chunks(ds):
+        width = max(width, *(len(s) for s in ds.asstr()[i:j]), 1)
+    parts = (np.array(ds.asstr()[i:j], dtype=f"<U{width}") for i, j in _chunks(ds))
+    _write_npy(zf, name, (len(ds),), f"<U{width}", parts)
+
+
+def _spool_to_npz(spool: Path, out: Path) -> None:
+    import h5py
+
+    with h5py.File(spool, "r") as f, zipfile.ZipFile(out, "w", allowZip64=True) as zf:
+        attrs, taps = _spool_meta(f)
+        for tap in taps.values():
+            ds = f[tap["dataset"]] if tap["dataset"] in f else None
+            if ds is None:
+                _write_npy(zf, tap["dataset"], (0,), "float32", [])
+                continue
+            parts = (ds[i:j] for i, j in _chunks(ds))
+            _write_npy(zf, tap["dataset"], tuple(ds.shape), ds.dtype, parts)
+        _write_strings(zf, "paths", f["paths"])
+        _write_strings(zf, "failed_path", f["failed/path"])
+        _write_strings(zf, "failed_reason", f["failed/reason"])
+        info = np.array(json.dumps(attrs))
+        _write_npy(zf, "__layertap__", (), info.dtype, [info])
+
+
+def _spool_to_parquet(spool: Path, out: Path) -> None:
+    import h5py
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with h5py.File(spool, "r") as f:
+        attrs, taps = _spool_meta(f)
+        present = {k: t for k, t in taps.items() if t["dataset"] in f}
+        columns = {
+            t["dataset"]: (key, t["layer"], tuple(f[t["dataset"]].shape[1:]), t["dtype"])
+            for key, t in present.items()
+        }
+        failed = list(zip(f["failed/path"].asstr()[:], f["failed/reason"].asstr()[:], strict=True))
+        schema = parquet_schema(columns, {**attrs, "failed": failed})
+        n = len(f["paths"])
+        widest = max([int(np.prod(c[2], dtype=np.int64)) for c in columns.values()] or [1])
+        step = max(1, min(4096, _COPY_BYTES // (4 * widest)))
+        with pq.ParquetWriter(out, schema) as writer:
+            for i in range(0, max(n, 1), step):
+                j = min(i + step, n)
+                arrays = [pa.array(f["paths"].asstr()[i:j], pa.string())]
+                for name, (_, _, shape, _) in columns.items():
+                    size = int(np.prod(shape, dtype=np.int64))
+                    flat = np.asarray(f[name][i:j], dtype=np.float32).reshape(-1)
+                    arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), size))
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                if n == 0:
+                    break
+
+
+def _read_fingerprint(path: Path, fmt: str) -> dict[str, Any] | None:
+    """The fingerprint stored in a finished NPZ or Parquet file (``None``: not found)."""
+    try:
+        if fmt == "npz":
+            with np.load(path, allow_pickle=False) as z:
+                attrs = json.loads(str(z["__layertap__"]))
+        else:
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(path).metadata or {}
+            attrs = json.loads(meta.get(b"layertap", b"{}"))
+        found = json.loads(attrs.get("fingerprint", "null"))
+    except (OSError, ValueError, KeyError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def open_writer(
@@ -312,31 +550,40 @@ def open_writer(
     taps: Mapping[str, TapInfo],
     meta: Mapping[str, Any],
     *,
+    fingerprint: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    format: str | None = None,
+    pool: Mapping[str, str] | None = None,
 ) -> FeatureWriter:
-    """Open a writer for ``path``, its format chosen by the suffix (.h5, .hdf5, .npz).
+    """Open (or resume) a writer for ``path``; the format by ``format`` or the suffix.
 
-    Raises :class:`~layertap.OutputError` for an unknown suffix, or when ``path``
-    exists and ``overwrite`` is false. Missing parent folders are created.
+    ``taps`` describes each tap's rows (:class:`~layertap.TapInfo`, batch dimension
+    first); ``meta`` holds the run's attributes; ``fingerprint`` identifies the run
+    (an existing file with another one is refused unless ``overwrite``). Missing
+    parent folders are created.
 
     Example:
         >>> import tempfile, h5py
         >>> from layertap import TapInfo
         >>> out = Path(tempfile.mkdtemp()) / "f.h5"
         >>> taps = {"emb": TapInfo("emb", "embedding", (None, 4), "float32")}
-        >>> w = open_writer(out, taps, {"model": "m.keras"})
-        >>> w.write(["a.png", "b.png"], {"emb": np.ones((2, 4), "float32")})
-        >>> w.close([("c.png", "cannot identify image file")])
+        >>> w = open_writer(out, taps, {"model": "m.keras"}, fingerprint={"run": 1})
+        >>> w.write(["a.png", "b.png"], {"emb": np.ones((2, 4), "float32")},
+        ...         failed=[("c.png", "cannot identify image file")])
+        >>> w.close()
         >>> with h5py.File(out) as f:
         ...     f["emb"].shape, f["emb"].attrs["key"], list(f["failed/path"].asstr())
         ((2, 4), 'emb', ['c.png'])
+        >>> open_writer(out, taps, {}, fingerprint={"run": 1}).complete
+        True
     """
     path = Path(path)
-    fmt = check_output(path, overwrite=overwrite)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "hdf5":
-            return _HDF5Writer(path, taps, meta)
-        return _NPZWriter(path, taps, meta)
-    except OSError as exc:
-        raise OutputError(f"cannot write output file {str(path)!r}: {exc}") from exc
+    fmt = check_output(path, format)
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise OutputError(
+                "writing Parquet needs pyarrow: pip install 'layertap[parquet]'"
+            ) from exc
+    return FeatureWriter(path, fmt, taps, meta, fingerprint, overwrite=overwrite, pool=pool)

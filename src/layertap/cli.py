@@ -14,13 +14,9 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-
-if TYPE_CHECKING:
-    from layertap._images import ImageBatches
-    from layertap._write import FeatureWriter
 
 __all__ = ["cli", "layer_specs", "main", "parse_layer_options"]
 
@@ -147,6 +143,48 @@ def cli() -> None:
     """
 
 
+def _model_options(f: Any) -> Any:
+    f = click.option(
+        "--unsafe",
+        is_flag=True,
+        help="Load with safe_mode=False: let the model file run stored code (Lambda "
+        "layers). Only for files you trust.",
+    )(f)
+    f = click.option(
+        "--custom-objects",
+        "custom_objects",
+        metavar="SPEC",
+        multiple=True,
+        help="Custom layers the model uses (repeatable): a PATH.py file or module:attr.",
+    )(f)
+    return f
+
+
+def _load(model: Path, custom_objects: Sequence[str], unsafe: bool) -> Any:
+    import layertap
+    from layertap import _load
+
+    objects: dict[str, Any] = {}
+    loader = getattr(_load, "load_custom_objects", None)
+    for spec in custom_objects:
+        if loader is None:
+            raise click.UsageError(
+                "--custom-objects needs a newer layertap (_load.load_custom_objects)"
+            )
+        objects.update(loader(spec))
+    return layertap.load_model(model, custom_objects=objects, safe_mode=not unsafe)
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+)(?:[xX,](\d+))?", text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not HxW or N", param_hint="--size")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -158,7 +196,14 @@ def cli() -> None:
     default=None,
     help="Show places at most this deep (0 = top-level layers only).",
 )
-def layers(model: Path, as_json: bool, max_depth: int | None) -> None:
+@_model_options
+def layers(
+    model: Path,
+    as_json: bool,
+    max_depth: int | None,
+    custom_objects: tuple[str, ...],
+    unsafe: bool,
+) -> None:
     """List every layer of MODEL that can be tapped, nested sub-models expanded.
 
     Every path shown is a valid --layer SPEC for `layertap extract`.
@@ -171,7 +216,7 @@ def layers(model: Path, as_json: bool, max_depth: int | None) -> None:
     """
     import layertap
 
-    m = layertap.load_model(model)
+    m = _load(model, custom_objects, unsafe)
     if not as_json:
         click.echo(layertap.summary(m, max_depth=max_depth))
         return
@@ -209,102 +254,155 @@ def layers(model: Path, as_json: bool, max_depth: int | None) -> None:
     metavar="FILE",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output file: .h5 / .hdf5 (HDF5) or .npz (NumPy).",
+    help="Output file: .h5 / .hdf5 (HDF5), .npz (NumPy) or .parquet / .pq (Parquet).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hdf5", "npz", "parquet"]),
+    default=None,
+    help="Output format, when FILE's suffix does not say.",
 )
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
-    "--preprocess",
-    type=click.Choice(["rescale", "none"]),
-    default="rescale",
-    show_default=True,
-    help="rescale: pixels / 255 (in [0, 1]); none: pixels in [0, 255].",
+    "--pool",
+    "pool_options",
+    metavar="[KEY=]NAME",
+    multiple=True,
+    help="Reduce taps (repeatable): keep, flatten, avg, max. NAME alone applies to "
+    "every tap, KEY=NAME to one (KEY: an alias or canonical path). Default: keep.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
+@click.option(
+    "--preprocess",
+    metavar="NAME",
+    default=None,
+    help="none, rescale (x/255), tf ([-1, 1]), caffe (BGR, mean subtracted), torch "
+    "(ImageNet mean/std), or module:function. Default: rescale for images, none for .npy.",
+)
+@click.option(
+    "--size", metavar="HxW", default=None, help="Image size, for a model that takes any size."
+)
+@click.option(
+    "--resize",
+    type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
+    default="bilinear",
+    show_default=True,
+    help="Resize filter.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads.")
+@_model_options
+@click.option(
+    "--overwrite", is_flag=True, help="Replace FILE if it was written by a different run."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary line.")
 def extract(
     model: Path,
     inputs: tuple[str, ...],
     layer_options: tuple[str, ...],
     out: Path,
+    fmt: str | None,
     batch_size: int,
-    preprocess: str,
+    pool_options: tuple[str, ...],
+    preprocess: str | None,
+    size: str | None,
+    resize: str,
+    workers: int | None,
+    custom_objects: tuple[str, ...],
+    unsafe: bool,
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Run images through MODEL once and write the chosen layers' outputs to FILE.
+    """Run inputs through MODEL once and write the chosen layers' outputs to FILE.
 
-    INPUT is an image file, a folder (read recursively, in sorted order) or a
-    glob pattern (quote it). Images are turned upright by their EXIF tag,
-    converted to RGB or grayscale and resized to the model's input size.
+    INPUT is an image file, a folder (read recursively, in sorted order), a glob
+    pattern (quote it), a .txt or .csv list of paths, or a .npy array (one row per
+    input). Images are turned upright by their EXIF tag, converted to RGB or
+    grayscale and resized to the model's input size.
 
-    Rows of every dataset follow the order of the `paths` dataset. Files that
+    Rows of every dataset follow the order of the `paths` dataset. Inputs that
     cannot be decoded are skipped, named on stderr and listed in the output.
+
+    An interrupted run (Ctrl-C, a kill) leaves FILE readable; the same command
+    run again resumes where it stopped. A FILE from a different run (model, layers,
+    pooling, preprocessing or inputs) is refused unless --overwrite.
 
     \b
     Exit status:
       0  every input was written
       1  some inputs could not be read (the rest were written)
       2  a usage error: bad option, layer spec, model or input path
+      130  interrupted (run the same command again to resume)
 
     \b
     Examples:
       layertap extract model.keras photos/ --layer gap --out feats.h5
       layertap extract model.keras 'shots/**/*.jpg' -l early=backbone/block_1_conv \\
-          -l emb=embedding -l -1 --out feats.npz --batch-size 64
+          -l emb=embedding -l -1 --pool avg --pool emb=keep --out feats.parquet
+      layertap extract model.keras files.txt -l gap --preprocess torch -o feats.npz
     """
     _quiet_backend_logs()
+    import logging
+
     import layertap
-    from layertap._images import ImageBatches, ImageSpec, expand_inputs
-    from layertap._write import check_output, open_writer
+    from layertap._data import expand_inputs, resolve_preprocess
+    from layertap._reduce import parse_pool_options
+    from layertap._write import check_output
 
     # Check what is cheap to check before the slow model load.
     parsed = parse_layer_options(layer_options)
-    check_output(out, overwrite=overwrite)
-    paths = expand_inputs(inputs)
-    m = layertap.load_model(model)
-    extractor = layertap.Extractor(m, layer_specs(parsed, m))
-    spec = ImageSpec.from_model(m, preset=preprocess)
-    batches = ImageBatches(paths, spec, batch_size=batch_size)
-    meta = {
-        "model": str(model),
-        "layers": list(layer_options),
-        "preprocessing": spec.describe(),
-        "layertap_version": layertap.__version__,
-    }
-    writer = open_writer(out, extractor.outputs, meta, overwrite=overwrite)
-    try:
-        _run(extractor, batches, writer, quiet=quiet)
-    except BaseException:
-        writer.abort()
-        raise
-    for path, reason in batches.failed:
+    pool = parse_pool_options(pool_options)
+    hw = _parse_size(size)
+    if preprocess is not None:
+        resolve_preprocess(preprocess)
+    check_output(out, fmt)
+    expand_inputs(inputs)
+    m = _load(model, custom_objects, unsafe)
+    # The CLI names skipped inputs itself; keep the library's log records off stderr.
+    logging.getLogger("layertap").addHandler(logging.NullHandler())
+
+    named: set[str] = set()
+
+    def skipped(path: str, reason: str) -> None:
+        named.add(path)
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
-    if not quiet:
-        shapes = ", ".join(
-            f"{name} {_shape_text(writer.shapes.get(name))}" for name in writer.names.values()
+
+    try:
+        result = layertap.extract(
+            m,
+            list(inputs),
+            layer_specs(parsed, m),
+            out,
+            batch_size=batch_size,
+            preprocess=preprocess,
+            pool=pool,
+            size=hw,
+            resize=resize,
+            format=fmt,
+            overwrite=overwrite,
+            workers=workers,
+            progress=False if quiet else None,
+            meta={"model": str(model), "layers": list(layer_options)},
+            on_failed=skipped,
         )
-        failed = f", {len(batches.failed)} failed" if batches.failed else ""
-        click.echo(f"wrote {writer.rows} rows{failed} to {out}: {shapes}")
-    if batches.failed:
+    except KeyboardInterrupt:
+        _error(f"interrupted; run the same command again to resume {out}")
+        sys.exit(130)
+    if not isinstance(result, layertap.ExtractResult):  # pragma: no cover (out is given)
+        raise TypeError(f"extract returned {type(result).__name__}")
+    for path, reason in result.failed:  # failures recorded by an earlier, resumed run
+        if path not in named:
+            click.echo(f"layertap: skipped {path}: {reason}", err=True)
+    if not quiet:
+        shapes = ", ".join(f"{name} {_shape_text(shape)}" for name, shape in result.shapes.items())
+        failed = f", {len(result.failed)} failed" if result.failed else ""
+        resumed = f" (resumed after {result.resumed})" if result.resumed else ""
+        click.echo(f"wrote {result.rows} rows{failed} to {out}{resumed}: {shapes}")
+    if result.failed:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
 
 
 def _shape_text(shape: tuple[int, ...] | None) -> str:
     return "?" if shape is None else "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def _run(extractor: Any, batches: ImageBatches, writer: FeatureWriter, *, quiet: bool) -> None:
-    from tqdm import tqdm
-
-    show = not quiet and sys.stderr.isatty()
-    with tqdm(
-        total=len(batches), unit="img", disable=not show, file=sys.stderr, leave=False
-    ) as bar:
-        for paths, array in batches:
-            writer.write(paths, extractor(array))
-            bar.update(batches.done - bar.n)
-        bar.update(batches.done - bar.n)
-    writer.close(batches.failed)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
