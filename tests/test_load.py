@@ -117,6 +117,7 @@ def test_public_names_are_pinned() -> None:
         "list_layers",
         "load_model",
         "summary",
+        "tap",
     ]
     for name in layertap.__all__:
         assert hasattr(layertap, name)

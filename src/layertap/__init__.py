@@ -31,6 +31,7 @@ from layertap._errors import (
 )
 
 if TYPE_CHECKING:
+    from layertap._capture import tap
     from layertap._engine import ExtractResult, Features, extract
     from layertap._extractor import Extractor, TapInfo
     from layertap._graph import LayerInfo, list_layers, summary
@@ -51,6 +52,7 @@ _LAZY = {
     "list_layers": "layertap._graph",
     "summary": "layertap._graph",
     "load_model": "layertap._load",
+    "tap": "layertap._capture",
 }
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "list_layers",
     "load_model",
     "summary",
+    "tap",
 ]
 
 

@@ -26,7 +26,8 @@ import keras
 from keras import tree
 from keras.src.models.functional import Functional
 
-from layertap._graph import LayerInfo, graph_nodes, graph_of, inner_graph
+from layertap._capture import ROOT_OUTPUT, Capture, Event
+from layertap._graph import LayerInfo, graph_nodes, graph_of, inner_graph, root_inputs
 
 __all__ = ["build_model"]
 
@@ -40,6 +41,7 @@ class _Request:
     key: str
     nodes: tuple[Any, ...]
     output_index: int
+    event: Event | None = None
 
 
 def _fresh_inputs(graph: Functional) -> Any:
@@ -85,23 +87,30 @@ def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[st
     """Replay the part of ``graph`` that ``requests`` need on ``inputs``; return key -> tensor."""
     direct: dict[int, list[_Request]] = {}
     nested: dict[int, list[_Request]] = {}
+    captured: dict[int, list[_Request]] = {}
     for r in requests:
         node = r.nodes[0]
-        if len(r.nodes) == 1:
-            direct.setdefault(id(node), []).append(r)
-        else:
+        if len(r.nodes) > 1:
             nested.setdefault(id(node), []).append(dataclasses.replace(r, nodes=r.nodes[1:]))
+        elif r.event is not None:
+            captured.setdefault(id(node), []).append(r)
+        else:
+            direct.setdefault(id(node), []).append(r)
     nodes = graph_nodes(graph)
     by_id = {id(n): n for n in nodes}
     output_needed = _ancestors(
-        [by_id[i] for i in direct] + [p for i in nested for p in by_id[i].parent_nodes]
+        [by_id[i] for i in direct]
+        + [p for i in (*nested, *captured) for p in by_id[i].parent_nodes]
     )
-    # Rebuilt sub-models replace their originals, so they may reuse their names.
-    run = [n for n in nodes if not n.is_input and (id(n) in output_needed or id(n) in nested)]
+    run = [
+        n
+        for n in nodes
+        if not n.is_input and (id(n) in output_needed or id(n) in nested or id(n) in captured)
+    ]
     rebuilt = {id(n) for n in run if id(n) in nested and inner_graph(n.operation) is not None}
-    # A rebuilt sub-model replaces its original, so it may take its name, unless
-    # another call of that sub-model is replayed as it is.
-    as_is = {id(n.operation) for n in run if id(n) not in rebuilt}
+    # A rebuilt sub-model or a capturing wrapper replaces its original, so it may take
+    # its name, unless another call of that layer is replayed as it is.
+    as_is = {id(n.operation) for n in run if id(n) not in rebuilt and id(n) not in captured}
     taken = {
         op.name
         for op in graph.operations
@@ -114,7 +123,19 @@ def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[st
     for node in run:
         args, kwargs = node.arguments.fill_in(tensors)
         sub = inner_graph(node.operation)
-        if id(node) in rebuilt and sub is not None:
+        if id(node) in captured:
+            wanted = captured[id(node)]
+            wrapper = Capture(
+                node.operation,
+                [(r.key, r.event) for r in wanted if r.event is not None],
+                name=_unique_name(node.operation.name, taken),
+            )
+            produced = wrapper(*args, **kwargs)
+            for r in wanted:
+                results[r.key] = produced[r.key]
+            for x, y in zip(node.outputs, tree.flatten(produced[ROOT_OUTPUT]), strict=True):
+                tensors[id(x)] = y
+        elif id(node) in rebuilt and sub is not None:
             wants_outputs = id(node) in output_needed
             submodel = _rebuild(
                 sub,
@@ -133,7 +154,7 @@ def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[st
             for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
                 tensors[id(x)] = y
     for r in requests:
-        if len(r.nodes) == 1:
+        if len(r.nodes) == 1 and r.event is None:
             results[r.key] = tensors[id(r.nodes[0].outputs[r.output_index])]
     return results
 
@@ -152,8 +173,12 @@ def _rebuild(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(model: Any, taps: Mapping[str, LayerInfo], *, name: str) -> keras.Model:
+def build_model(
+    model: Any, taps: Mapping[str, LayerInfo], *, name: str, input_shape: Any = None
+) -> keras.Model:
     """One Functional taking ``model``'s inputs and returning ``{key: tap}`` in one pass.
+
+    A model without a graph (its own ``call()``) runs whole, through :class:`Capture`.
 
     Example:
         >>> from layertap._graph import walk
@@ -162,8 +187,17 @@ def build_model(model: Any, taps: Mapping[str, LayerInfo], *, name: str) -> kera
         >>> built.output["d"].shape
         (None, 2)
     """
-    graph = graph_of(model)
-    requests = [_Request(key, place.nodes, place.output_index or 0) for key, place in taps.items()]
-    inputs = _fresh_inputs(graph)
-    outputs = _replay(graph, inputs, requests)
-    return keras.Model(inputs, {key: outputs[key] for key in taps}, name=name)
+    if input_shape is None and inner_graph(model) is not None:
+        graph = graph_of(model)
+        requests = [
+            _Request(key, place.nodes, place.output_index or 0, place.event)
+            for key, place in taps.items()
+        ]
+        inputs = _fresh_inputs(graph)
+        outputs = _replay(graph, inputs, requests)
+        return keras.Model(inputs, {key: outputs[key] for key in taps}, name=name)
+    specs = root_inputs(model, input_shape)
+    inputs = tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), specs)
+    captures = [(key, place.event) for key, place in taps.items() if place.event is not None]
+    produced = Capture(model, captures, name=model.name)(inputs)
+    return keras.Model(inputs, {key: produced[key] for key in taps}, name=name)

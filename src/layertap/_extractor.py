@@ -47,6 +47,8 @@ class Extractor:
             walked at any depth.
         layers: a spec, a list of specs (results keyed by canonical path) or a dict
             alias -> spec (results keyed by alias). See the README for the grammar.
+        input_shape: for a model with its own ``call()`` that has not been built: the
+            shape of one input batch, e.g. ``(None, 32, 32, 3)``.
 
     Attributes:
         model: the multi-output ``keras.Model`` (dict outputs) that runs the taps;
@@ -69,10 +71,15 @@ class Extractor:
         self,
         model: keras.Model,
         layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+        *,
+        input_shape: Any = None,
     ) -> None:
         self.source = model
-        self.places: dict[str, LayerInfo] = resolve(layers, model, walk(model))
-        self.model: keras.Model = build_model(model, self.places, name=f"{model.name}_layertap")
+        places = walk(model, input_shape=input_shape)
+        self.places: dict[str, LayerInfo] = resolve(layers, model, places)
+        self.model: keras.Model = build_model(
+            model, self.places, name=f"{model.name}_layertap", input_shape=input_shape
+        )
         outputs = self.model.output
         self.outputs: dict[str, TapInfo] = {
             key: TapInfo(

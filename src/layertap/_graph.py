@@ -21,8 +21,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
+from keras import tree
 from keras.src.models.functional import Functional
 
+from layertap._capture import Event, has_inner_places, layer_paths, trace
 from layertap._errors import UnsupportedModelError
 
 __all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
@@ -68,6 +70,7 @@ class LayerInfo:
     segments: tuple[Segment, ...] = dataclasses.field(repr=False, compare=False)
     output_index: int | None = dataclasses.field(repr=False, compare=False)
     nodes: tuple[Any, ...] = dataclasses.field(repr=False, compare=False)
+    event: Event | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -161,19 +164,126 @@ def _count_params(layer: Any) -> int:
         return 0
 
 
-def walk(model: Any) -> list[LayerInfo]:
+def walk(model: Any, *, input_shape: Any = None) -> list[LayerInfo]:
     """Every tappable place of ``model``, in graph order, nested sub-models expanded.
+
+    A model with its own ``call()`` has no graph: its sublayers are found by tracing
+    one symbolic call, on ``input_shape`` or the shape it was built with.
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> [p.path for p in walk(m)]
         ['d']
     """
-    graph = graph_of(model)
-    top_index = {id(layer): i for i, layer in enumerate(model.layers)}
+    is_model = isinstance(model, keras.Model)
+    top_index = {id(layer): i for i, layer in enumerate(model.layers)} if is_model else {}
     places: list[LayerInfo] = []
-    _walk_graph(graph, (), (), top_index, places)
+    if input_shape is None and inner_graph(model) is not None:
+        _walk_graph(graph_of(model), (), (), top_index, places)
+        return places
+    inputs = root_inputs(model, input_shape)
+    _walk_root(model, (inputs,), {}, (), (), top_index, places)
     return places
+
+
+def _is_layer(x: Any) -> bool:
+    return isinstance(x, keras.layers.Layer)
+
+
+def root_inputs(model: Any, input_shape: Any = None) -> Any:
+    """Symbolic inputs for a model without a graph, from ``input_shape`` or its build shape.
+
+    Example:
+        >>> root_inputs(keras.Sequential([keras.layers.Dense(2)]), (None, 3)).shape
+        (None, 3)
+    """
+    if not isinstance(model, keras.Model):
+        graph_of(model)  # raises the error for a non-model
+    if input_shape is None:
+        shapes = list((getattr(model, "_build_shapes_dict", None) or {}).values())
+        if len(shapes) != 1:
+            if isinstance(model, keras.Sequential):
+                graph_of(model)  # raises the error for an unbuilt Sequential
+            name = getattr(model, "name", type(model).__name__)
+            raise UnsupportedModelError(
+                f"model {name!r} ({type(model).__name__}) defines its own call() and has "
+                "not been built, so its layers are unknown: call it once on a batch, or "
+                "pass input_shape=(None, ...) (the shape of one input batch)"
+            )
+        input_shape = shapes[0]
+
+    def is_shape(x: Any) -> bool:
+        return isinstance(x, tuple | list) and all(d is None or isinstance(d, int) for d in x)
+
+    def make(shape: Any) -> Any:
+        return keras.KerasTensor((None, *tuple(shape)[1:]), dtype=model.compute_dtype)
+
+    if is_shape(input_shape):
+        return make(input_shape)
+    return tree.map_shape_structure(make, input_shape)
+
+
+def _walk_root(
+    root: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    prefix: tuple[Segment, ...],
+    chain: tuple[Any, ...],
+    top_index: dict[int, int],
+    places: list[LayerInfo],
+) -> None:
+    """Add the places captured inside one call of ``root`` (a custom layer or model)."""
+    events = trace(root, args, kwargs)
+    layers = {path: layer for layer, path in _layers_by_path(root)}
+    totals: dict[tuple[Any, ...], int] = {}  # calls of one layer or tap within its parent call
+    for event, _ in events:
+        counter = (event.kind, event.path, event.name, event.calls[:-1])
+        totals[counter] = max(totals.get(counter, 0), event.calls[-1] + 1)
+    parents = {e.path.rsplit("/", 1)[0] for e, _ in events if "/" in e.path}
+    parents |= {e.path for e, _ in events if e.kind == "tap"}
+    for event, spec in events:
+        names = event.path.split("/") if event.path else []
+        if event.kind == "tap":
+            names.append(str(event.name))
+        segments = []
+        for i, name in enumerate(names):
+            if event.kind == "tap" and i == len(names) - 1:
+                counter = ("tap", event.path, event.name, event.calls[:i])
+            else:
+                counter = ("call", "/".join(names[: i + 1]), None, event.calls[:i])
+            segments.append(Segment(name, event.calls[i], totals.get(counter, 1)))
+        layer = layers[event.path]
+        if event.kind == "tap":
+            class_name, params = "tap", 0
+        else:
+            class_name, params = type(layer).__name__, _count_params(layer)
+        full = (*prefix, *segments)
+        path = "/".join(str(seg) for seg in full)
+        if event.output is not None:
+            path += f":{event.output}"
+        depth = len(full) - 1
+        places.append(
+            LayerInfo(
+                path=path,
+                index=top_index.get(id(layer)) if depth == 0 and event.kind == "call" else None,
+                class_name=class_name,
+                output_shape=tuple(spec.shape),
+                dtype=str(spec.dtype),
+                params=params,
+                depth=depth,
+                is_model=event.kind == "call" and event.path in parents,
+                layer=layer,
+                segments=full,
+                output_index=event.output,
+                nodes=chain,
+                event=event,
+            )
+        )
+
+
+def _layers_by_path(root: Any) -> list[tuple[Any, str]]:
+    by_id = {id(x): x for x in root._flatten_layers(include_self=True, recursive=True)}
+    return [(by_id[i], path) for i, path in layer_paths(root).items() if i in by_id]
 
 
 def _walk_graph(
@@ -213,10 +323,17 @@ def _walk_graph(
                 )
             if sub is not None:
                 _walk_graph(sub, segments, (*chain, node), top_index, places)
+            elif has_inner_places(layer):
+                args, kwargs = node.arguments.args, node.arguments.kwargs
+                _walk_root(layer, args, kwargs, segments, (*chain, node), top_index, places)
 
 
 def list_layers(
-    model: Any, *, pattern: str | None = None, max_depth: int | None = None
+    model: Any,
+    *,
+    pattern: str | None = None,
+    max_depth: int | None = None,
+    input_shape: Any = None,
 ) -> list[LayerInfo]:
     """One record per tappable place of ``model``, in graph order, sub-models expanded.
 
@@ -226,13 +343,15 @@ def list_layers(
         model: a Functional or Sequential ``keras.Model``.
         pattern: keep only paths matching this glob (see the spec grammar).
         max_depth: keep only places at most this deep (0 = top-level layers).
+        input_shape: for a model with its own ``call()`` that has not been built: the
+            shape of one input batch (a tuple, or a list/dict of them), e.g. ``(None, 8)``.
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> [(p.path, p.index, p.class_name, p.output_shape, p.params) for p in list_layers(m)]
         [('d', 0, 'Dense', (None, 2), 8)]
     """
-    places = walk(model)
+    places = walk(model, input_shape=input_shape)
     if pattern is not None:
         from layertap._resolve import glob_match
 
@@ -273,7 +392,7 @@ def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
         ).rstrip()
 
 
-def summary(model: Any, *, max_depth: int | None = None) -> str:
+def summary(model: Any, *, max_depth: int | None = None, input_shape: Any = None) -> str:
     """A readable tree of every tappable place: index, path, class, output shape, params.
 
     Nested places are indented under their sub-model; the full path of any row is
@@ -285,4 +404,5 @@ def summary(model: Any, *, max_depth: int | None = None) -> str:
         index  path  class  output shape  params
             0  d     Dense  (None, 2)          8
     """
-    return "\n".join(summary_lines(list_layers(model, max_depth=max_depth)))
+    places = list_layers(model, max_depth=max_depth, input_shape=input_shape)
+    return "\n".join(summary_lines(places))

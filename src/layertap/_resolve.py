@@ -15,6 +15,7 @@ that expands to several places is keyed ``alias/path``).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import re
@@ -54,7 +55,8 @@ def _group_calls(matches: Sequence[LayerInfo]) -> dict[tuple[Any, ...], list[Lay
     """Group places by call (all outputs of one call together)."""
     groups: dict[tuple[Any, ...], list[LayerInfo]] = {}
     for p in matches:
-        groups.setdefault(tuple(id(n) for n in p.nodes), []).append(p)
+        event = None if p.event is None else dataclasses.replace(p.event, output=None)
+        groups.setdefault((*(id(n) for n in p.nodes), event), []).append(p)
     return groups
 
 

@@ -1,0 +1,322 @@
+"""Stage 4b, capture: taps inside code that has no Keras graph.
+
+A custom layer's sublayers, the sublayers of a subclassed model, and tensors a
+layer author exposes with :func:`tap` get no graph nodes, so they cannot be
+replayed. They are captured instead: for the duration of one call of their
+*root* (the custom layer, or the subclassed model), each wanted sublayer's
+``call`` is wrapped on the instance (``object.__setattr__``, removed afterwards)
+and records its outputs; :func:`tap` records into the same session. The root is
+called through :class:`Capture`, a layer that returns the root's outputs and the
+captured tensors together, so they never escape the traced function: this works
+eagerly, in ``predict`` and with ``jit_compile=True``.
+
+Places inside a root are addressed by the path of layer names down the tracked
+layer tree (``gated_block/proj``); the k-th call of a sublayer during one call of
+its root takes ``@k``, the j-th of several outputs ``:j``, and an explicit tap
+``<layer path>/<tap name>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+from keras import tree
+from keras.src import backend as keras_backend
+
+__all__ = ["Capture", "Event", "layer_paths", "tap", "trace"]
+
+_ROOT_OUTPUT = "__layertap_root_output"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One captured place: a sublayer call or an explicit tap, relative to its root.
+
+    Attributes:
+        path: the sublayer's path of names below the root (``""`` is the root).
+        kind: ``"call"`` for a sublayer's output, ``"tap"`` for :func:`tap`.
+        name: the tap's name (``kind == "tap"``), else ``None``.
+        calls: one call index per path segment (and, for a tap, one more for the
+            tap itself): segment i's layer was in its k-th call (0-based) within
+            the call of segment i - 1 (or of the root).
+        output: which output of that call (``None`` when the call has one output).
+    """
+
+    path: str
+    kind: str
+    name: str | None
+    calls: tuple[int, ...]
+    output: int | None
+
+    @property
+    def key(self) -> str:
+        """A string key unique within one root call."""
+        calls = ",".join(str(k) for k in self.calls)
+        return f"{self.kind}|{self.path}|{self.name}|{calls}|{self.output}"
+
+
+class _Session:
+    """What one root call records: wanted sublayer calls and taps, in call order."""
+
+    def __init__(self, paths: dict[int, str], wanted: set[str] | None) -> None:
+        self.paths = paths
+        self.wanted = wanted  # None: record everything (tracing for list_layers)
+        self.counts: dict[tuple[Any, ...], int] = {}
+        self.stack: list[tuple[str, tuple[int, ...]]] = []  # (path, calls) being run
+        self.order: list[list[Event]] = []
+        self.values: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.stack.clear()
+        self.order.clear()
+        self.values.clear()
+
+    def _calls_of(self, path: str) -> tuple[int, ...]:
+        """Call indices of ``path``'s ancestors, from the calls now running (0 if none)."""
+        parts = path.split("/") if path else []
+        running = dict(self.stack)
+        calls: list[int] = []
+        for i in range(len(parts) - 1):
+            prefix = "/".join(parts[: i + 1])
+            outer = running.get(prefix)
+            calls = list(outer) if outer is not None else [*calls, 0]
+        return tuple(calls)
+
+    def _next(self, counter: tuple[Any, ...]) -> int:
+        k = self.counts.get(counter, 0)
+        self.counts[counter] = k + 1
+        return k
+
+    def start_call(self, path: str) -> tuple[tuple[int, ...], int]:
+        """Enter a sublayer call: its call indices and its slot in the call order."""
+        outer = self._calls_of(path)
+        calls = (*outer, self._next(("call", path, outer)))
+        self.stack.append((path, calls))
+        self.order.append([])
+        return calls, len(self.order) - 1
+
+    def end_call(self, path: str, calls: tuple[int, ...], slot: int, value: Any) -> None:
+        self.stack.pop()
+        self._record(self.order[slot], Event(path, "call", None, calls, None), value)
+
+    def record_tap(self, path: str, name: str, value: Any) -> None:
+        outer = dict(self.stack).get(path) if path else ()
+        if outer is None:  # tapped from a layer whose call is not being tracked
+            outer = (*self._calls_of(path), 0)
+        calls = (*outer, self._next(("tap", path, name, outer)))
+        self.order.append([])
+        self._record(self.order[-1], Event(path, "tap", name, calls, None), value)
+
+    def _record(self, slot: list[Event], event: Event, value: Any) -> None:
+        flat = tree.flatten(value)
+        for j, x in enumerate(flat):
+            one = dataclasses.replace(event, output=j if len(flat) > 1 else None)
+            if self.wanted is None or one.key in self.wanted:
+                slot.append(one)
+                self.values[one.key] = x
+
+    def events(self) -> list[Event]:
+        return [event for slot in self.order for event in slot]
+
+
+_SESSIONS: contextvars.ContextVar[tuple[_Session, ...]] = contextvars.ContextVar(
+    "layertap_sessions", default=()
+)
+
+
+def tap(layer: Any, name: str, value: Any) -> Any:
+    """Expose an internal tensor of ``layer`` as the place ``"<layer path>/<name>"``.
+
+    Call it inside a layer's ``call()``; it returns ``value`` unchanged and costs
+    nothing when no extraction is running.
+
+    Example:
+        >>> import keras, numpy as np, layertap
+        >>> class Gate(keras.layers.Layer):
+        ...     def call(self, x):
+        ...         g = layertap.tap(self, "gate", keras.ops.sigmoid(x))
+        ...         return x * g
+        >>> x = keras.Input((3,), name="x"); m = keras.Model(x, Gate(name="g")(x))
+        >>> [p.path for p in layertap.list_layers(m)]
+        ['x', 'g', 'g/gate']
+    """
+    sessions = _SESSIONS.get()
+    for session in sessions:
+        path = session.paths.get(id(layer))
+        if path is not None:
+            session.record_tap(path, name, value)
+    return value
+
+
+def layer_paths(root: Any) -> dict[int, str]:
+    """``{id(layer): path}`` for ``root`` (``""``) and every layer it tracks, by name.
+
+    Example:
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self, **kw):
+        ...         super().__init__(**kw)
+        ...         self.proj = keras.layers.Dense(2, name="proj")
+        ...     def call(self, x):
+        ...         return self.proj(x)
+        >>> b = Block()
+        >>> sorted(layer_paths(b).values())
+        ['', 'proj']
+    """
+    paths = {id(root): ""}
+    queue = [(root, "")]
+    while queue:
+        layer, prefix = queue.pop(0)
+        for child in getattr(layer, "_layers", ()):
+            if id(child) in paths or isinstance(child, keras.layers.InputLayer):
+                continue
+            path = f"{prefix}/{child.name}" if prefix else child.name
+            paths[id(child)] = path
+            queue.append((child, path))
+    return paths
+
+
+@contextlib.contextmanager
+def _intercept(root: Any, session: _Session, targets: set[str] | None) -> Iterator[None]:
+    """Wrap ``call`` of the sublayers of ``root`` at ``targets`` and their ancestors.
+
+    All sublayers are wrapped when ``targets`` is None.
+    """
+    if targets is not None:
+        targets = {
+            "/".join(t.split("/")[: i + 1]) for t in targets for i in range(t.count("/") + 1)
+        }
+    layers = {id(x): x for x in root._flatten_layers(include_self=False, recursive=True)}
+    wrapped = []
+    for layer_id, path in session.paths.items():
+        layer = layers.get(layer_id)
+        if layer is None or (targets is not None and path not in targets):
+            continue
+        original = layer.call
+
+        def call(*args: Any, __original: Any = original, __path: str = path, **kwargs: Any) -> Any:
+            calls, slot = session.start_call(__path)
+            outputs = __original(*args, **kwargs)
+            session.end_call(__path, calls, slot, outputs)
+            return outputs
+
+        object.__setattr__(layer, "call", functools.wraps(original)(call))
+        wrapped.append(layer)
+    token = _SESSIONS.set((*_SESSIONS.get(), session))
+    try:
+        yield
+    finally:
+        _SESSIONS.reset(token)
+        for layer in wrapped:
+            del layer.__dict__["call"]
+
+
+def has_inner_places(layer: Any) -> bool:
+    """Whether ``layer`` may hold places: it tracks sublayers, or it is user code.
+
+    Example:
+        >>> has_inner_places(keras.layers.Dense(2))
+        False
+    """
+    if any(not isinstance(x, keras.layers.InputLayer) for x in getattr(layer, "_layers", ())):
+        return True
+    return not type(layer).__module__.startswith("keras.")
+
+
+def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Event, Any]]:
+    """Call ``root`` symbolically on KerasTensors; return every captured place and its spec.
+
+    Example:
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self, **kw):
+        ...         super().__init__(**kw)
+        ...         self.proj = keras.layers.Dense(2, name="proj")
+        ...     def call(self, x):
+        ...         return self.proj(self.proj(x))
+        >>> block = Block()
+        >>> _ = block(keras.ops.ones((1, 2)))  # built, as in a loaded model
+        >>> [(e.path, e.calls, s.shape) for e, s in trace(block, (keras.Input((2,)),), {})]
+        [('proj', (0,), (None, 2)), ('proj', (1,), (None, 2))]
+    """
+    session = _Session(layer_paths(root), wanted=None)
+
+    def run(*a: Any, **k: Any) -> dict[str, Any]:
+        session.reset()
+        with _intercept(root, session, targets=None):
+            root(*a, **k)
+        return dict(session.values)
+
+    specs = keras_backend.compute_output_spec(run, *args, **kwargs)
+    return [(event, specs[event.key]) for event in session.events()]
+
+
+@keras.saving.register_keras_serializable(package="layertap")
+class Capture(keras.layers.Layer):  # type: ignore[misc]
+    """Call ``layer`` and return ``{key: captured tensor}`` plus its own outputs.
+
+    Args:
+        layer: the root: a custom layer or a subclassed model.
+        captures: ``(key, event)`` pairs, events as :func:`trace` reports them.
+
+    Example:
+        >>> class Block(keras.layers.Layer):
+        ...     def __init__(self, **kw):
+        ...         super().__init__(**kw)
+        ...         self.proj = keras.layers.Dense(2, name="proj")
+        ...     def call(self, x):
+        ...         return self.proj(x) * 2.0
+        >>> import numpy as np
+        >>> block = Block()
+        >>> _ = block(np.ones((1, 2), "float32"))  # built, as in a loaded model
+        >>> ((event, _),) = trace(block, (keras.Input((2,)),), {})
+        >>> out = Capture(block, [("p", event)])(np.ones((1, 2), "float32"))
+        >>> sorted(out)
+        ['__layertap_root_output', 'p']
+    """
+
+    def __init__(self, layer: Any, captures: list[tuple[str, Event]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.layer = layer
+        self._captures = tuple(captures)
+        self._call_has_training_arg = getattr(layer, "_call_has_training_arg", False)
+        self.built = True
+
+    def call(self, *args: Any, training: Any = None, **kwargs: Any) -> dict[str, Any]:
+        if training is not None and self._call_has_training_arg:
+            kwargs["training"] = training
+        wanted = {event.key for _, event in self._captures}
+        session = _Session(layer_paths(self.layer), wanted)
+        targets = {event.path for _, event in self._captures if event.path}
+        with _intercept(self.layer, session, targets):
+            outputs = self.layer(*args, **kwargs)
+        missing = [key for key, event in self._captures if event.key not in session.values]
+        if missing:
+            raise RuntimeError(
+                f"layer {self.layer.name!r} did not reach the tapped places {missing!r} in "
+                "this call (its call() takes another branch than when it was traced)"
+            )
+        result = {key: session.values[event.key] for key, event in self._captures}
+        result[_ROOT_OUTPUT] = outputs
+        return result
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        config["captures"] = [[key, dataclasses.asdict(event)] for key, event in self._captures]
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Capture:
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
+        captures = [(key, Event(**event)) for key, event in config.pop("captures")]
+        return cls(layer, captures, **config)
+
+
+ROOT_OUTPUT = _ROOT_OUTPUT
