@@ -210,16 +210,7 @@ def spec_for(arch: Arch) -> dict[str, Any]:
     return spec
 
 
-CONVNEXT_BUG = pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="core bug: list_layers calls count_params() on bare ops (ConvNeXt's `inputs + x`)",
-)
-CASES = [
-    pytest.param((arch, head), id=f"{arch}-{head}", marks=[CONVNEXT_BUG] * (arch == "ConvNeXtTiny"))
-    for arch in ARCHS
-    for head in HEADS
-]
+CASES = [pytest.param((arch, head), id=f"{arch}-{head}") for arch in ARCHS for head in HEADS]
 
 
 @pytest.fixture(scope="module", params=CASES)
