@@ -244,6 +244,9 @@ def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tupl
         >>> [(e.path, e.calls, s.shape) for e, s in trace(block, (keras.Input((2,)),), {})]
         [('proj', (0,), (None, 2)), ('proj', (1,), (None, 2))]
     """
+    if not all(x.built for x in root._flatten_layers(include_self=True, recursive=True)):
+        # Build first, outside the trace: a build may call sublayers again.
+        keras_backend.compute_output_spec(lambda *a, **k: root(*a, **k), *args, **kwargs)
     session = _Session(layer_paths(root), wanted=None)
 
     def run(*a: Any, **k: Any) -> dict[str, Any]:

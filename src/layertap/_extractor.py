@@ -49,6 +49,8 @@ class Extractor:
             alias -> spec (results keyed by alias). See the README for the grammar.
         input_shape: for a model with its own ``call()`` that has not been built: the
             shape of one input batch, e.g. ``(None, 32, 32, 3)``.
+        jit_compile: ``True`` to run through XLA (TensorFlow, JAX) or ``torch.compile``;
+            ``"auto"`` keeps Keras's default.
 
     Attributes:
         model: the multi-output ``keras.Model`` (dict outputs) that runs the taps;
@@ -73,6 +75,7 @@ class Extractor:
         layers: Spec | Sequence[Spec] | Mapping[str, Spec],
         *,
         input_shape: Any = None,
+        jit_compile: bool | str = "auto",
     ) -> None:
         self.source = model
         places = walk(model, input_shape=input_shape)
@@ -80,6 +83,8 @@ class Extractor:
         self.model: keras.Model = build_model(
             model, self.places, name=f"{model.name}_layertap", input_shape=input_shape
         )
+        if jit_compile != "auto":
+            self.model.jit_compile = jit_compile
         outputs = self.model.output
         self.outputs: dict[str, TapInfo] = {
             key: TapInfo(
