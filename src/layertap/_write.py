@@ -255,12 +255,17 @@ class FeatureWriter:
             path.unlink(missing_ok=True)
             self.spool.unlink(missing_ok=True)
         elif fmt != "hdf5" and path.exists():
-            old = _read_fingerprint(path, fmt)
-            self._accept(path, old)
+            found = _read_finished(path, fmt)
+            self._accept(path, found and found["fingerprint"])
+            found = found or {}
+            self.rows = self.resumed = self.inputs_done = found["rows"]
+            self.failed, self.shapes = found["failed"], found["shapes"]
             self.complete = True
             return
         if self.spool.exists():
             self._file = self._resume()
+            if self._file is None:  # a finished HDF5 file from the same run
+                return
         else:
             self._file = self._create()
         # Taps of a known row shape get their (empty) dataset up front, so even a run
@@ -302,35 +307,36 @@ class FeatureWriter:
 
     def _resume(self) -> Any:
         try:
-            f = self._h5.File(self.spool, "r+")
+            f = self._h5.File(self.spool, "r")
         except OSError as exc:
             raise _refuse(self.spool, f"cannot be read as HDF5 ({exc})") from exc
-        try:
+        with f:
             raw = f.attrs.get("fingerprint")
             old = json.loads(raw) if isinstance(raw, str) else None
             self._accept(self.spool, old)
             rows, inputs, nfailed = (int(v) for v in f["progress"][:])
-        except BaseException:
-            f.close()
-            raise
-        self._file = f
-        self.complete = bool(f.attrs.get("complete", False))
-        # Cut whatever a killed run wrote after its last committed batch.
-        for _key, name in self.names.items():
+            self.complete = bool(f.attrs.get("complete", False)) and self.format == "hdf5"
+        # A finished HDF5 is only read; else cut whatever a killed run wrote after
+        # its last committed batch, and go on from there.
+        f = self._h5.File(self.spool, "r" if self.complete else "r+")
+        for name in self.names.values():
             if name in f:
-                f[name].resize(rows, axis=0)
+                if not self.complete:
+                    f[name].resize(rows, axis=0)
                 self.shapes[name] = tuple(f[name].shape)
                 self.dtypes[name] = f[name].dtype.name
-        f["paths"].resize(rows, axis=0)
-        for part in ("path", "reason"):
-            f[f"failed/{part}"].resize(nfailed, axis=0)
+        if not self.complete:
+            f["paths"].resize(rows, axis=0)
+            for part in ("path", "reason"):
+                f[f"failed/{part}"].resize(nfailed, axis=0)
         self.failed = list(
             zip(f["failed/path"].asstr()[:], f["failed/reason"].asstr()[:], strict=True)
         )
         self.rows = self.resumed = rows
         self.inputs_done = inputs
-        if self.complete and self.format != "hdf5":
-            self.complete = False  # the spool is finished; convert it again
+        if self.complete:
+            f.close()
+            return None
         return f
 
     def _dataset(self, key: str, row: tuple[int, ...], dtype: str) -> Any:
@@ -528,21 +534,36 @@ def _spool_to_parquet(spool: Path, out: Path) -> None:
                     break
 
 
-def _read_fingerprint(path: Path, fmt: str) -> dict[str, Any] | None:
-    """The fingerprint stored in a finished NPZ or Parquet file (``None``: not found)."""
+def _read_finished(path: Path, fmt: str) -> dict[str, Any] | None:
+    """What a finished NPZ or Parquet file says of itself (``None``: not layertap's).
+
+    Keys: ``fingerprint``, ``rows``, ``failed`` [(id, reason)], ``shapes`` {name: shape}.
+    """
     try:
         if fmt == "npz":
             with np.load(path, allow_pickle=False) as z:
                 attrs = json.loads(str(z["__layertap__"]))
+                failed = list(
+                    zip(z["failed_path"].tolist(), z["failed_reason"].tolist(), strict=True)
+                )
         else:
             import pyarrow.parquet as pq
 
             meta = pq.read_schema(path).metadata or {}
             attrs = json.loads(meta.get(b"layertap", b"{}"))
-        found = json.loads(attrs.get("fingerprint", "null"))
-    except (OSError, ValueError, KeyError):
+            failed = [tuple(item) for item in attrs.get("failed", [])]
+        fingerprint = json.loads(attrs.get("fingerprint", "null"))
+        taps = json.loads(attrs.get("taps", "{}"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
-    return found if isinstance(found, dict) else None
+    if not isinstance(fingerprint, dict):
+        return None
+    return {
+        "fingerprint": fingerprint,
+        "rows": int(attrs.get("rows", 0)),
+        "failed": failed,
+        "shapes": {t["dataset"]: tuple(t["shape"]) for t in taps.values() if t.get("shape")},
+    }
 
 
 def open_writer(
