@@ -357,3 +357,50 @@ def test_python_dash_m_runs_as_a_process(model_file: Path, tmp_path: Path) -> No
     assert "Traceback" not in proc.stderr
     assert f"layertap: skipped {folder / 'zz.jpg'}: " in proc.stderr
     assert proc.stdout == f"wrote {len(good)} rows, 1 failed to {out}: emb ({len(good)}, 5)\n"
+
+
+CUSTOM = """
+import keras
+
+
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+def test_custom_objects_and_unsafe_options(tmp_path: Path) -> None:
+    import importlib.util
+
+    code = tmp_path / "my_layers.py"
+    code.write_text(CUSTOM)
+    spec = importlib.util.spec_from_file_location("my_layers_for_test", code)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x_in = keras.Input((3,), name="x")
+    model = keras.Model(x_in, module.Scale(3.0, name="scale")(x_in))
+    model.save(tmp_path / "custom.keras")
+    no = run("layers", tmp_path / "custom.keras")
+    assert_one_line_error(no, "Scale")
+    ok = run("layers", tmp_path / "custom.keras", "--custom-objects", code, "--json")
+    assert ok.exit_code == 0, ok.output
+    assert [r["path"] for r in json.loads(ok.stdout)] == ["x", "scale"]
+    np.save(tmp_path / "x.npy", np.ones((2, 3), "float32"))
+    args = ["extract", tmp_path / "custom.keras", tmp_path / "x.npy", "-l", "scale"]
+    out = tmp_path / "f.npz"
+    assert run(*args, "--custom-objects", code, "-o", out, "-q").exit_code == 0
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["scale"], np.full((2, 3), 3.0))
+
+    lam = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t + 1, name="lam")])
+    lam.save(tmp_path / "lambda.keras")
+    assert_one_line_error(run("layers", tmp_path / "lambda.keras"), "safe")
+    assert run("layers", tmp_path / "lambda.keras", "--unsafe").exit_code == 0
