@@ -249,3 +249,22 @@ def test_custom_objects_file_errors(tmp_path: Path) -> None:
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(layertap.ModelLoadError, match="failed to import: RuntimeError: boom"):
         load_custom_objects(str(broken))
+
+
+@pytest.mark.parametrize("inner_kind", ["sequential", "functional"])
+def test_tf_keras_h5_nested_model_as_the_output(tmp_path: Path, inner_kind: str) -> None:
+    """A nested model named in ``output_layers`` (not only in another layer's inputs)."""
+    k = tf_keras.layers
+    if inner_kind == "sequential":
+        inner = tf_keras.Sequential([tf_keras.Input((4,)), k.Dense(3, name="d")], name="inner")
+    else:
+        xi = tf_keras.Input((4,))
+        inner = tf_keras.Model(xi, k.Dense(3, name="d")(xi), name="inner")
+    x = tf_keras.Input((4,))
+    legacy = tf_keras.Model(x, inner(k.Dense(4, name="pre")(x)), name="outer")
+    legacy.save(tmp_path / "out.h5", save_format="h5")
+    loaded = layertap.load_model(tmp_path / "out.h5")
+    data = np.random.default_rng(0).random((2, 4), dtype="float32")
+    assert_close(loaded.predict(data, verbose=0), legacy.predict(data, verbose=0))
+    run = layertap.Extractor(loaded, ["inner/d"])(data)
+    assert_close(run["inner/d"], legacy.predict(data, verbose=0))

@@ -121,13 +121,36 @@ def _shift_nested_model_nodes(config: dict[str, Any]) -> bool:
         for layer in layers
         if isinstance(layer, dict) and layer.get("class_name") in _MODELS
     }
+    # Keras 3 already subtracts one for a Functional named in input/output_layers.
+    sequential = {
+        layer.get("config", {}).get("name", layer.get("name"))
+        for layer in layers
+        if isinstance(layer, dict) and layer.get("class_name") == "Sequential"
+    }
+    refs: list[tuple[Any, set[Any]]] = [
+        (ref, nested)
+        for layer in layers
+        if isinstance(layer, dict)
+        for node in layer.get("inbound_nodes", [])
+        if isinstance(node, list)
+        for ref in node
+    ]
+    for key in ("input_layers", "output_layers"):
+        ends = config.get(key)
+        if isinstance(ends, list) and ends and isinstance(ends[0], str):
+            ends = [ends]  # a single [name, node, tensor], as unwrapped above
+        refs.extend((ref, sequential) for ref in ends or [] if isinstance(ends, list))
     changed = False
-    for layer in layers:
-        for node in layer.get("inbound_nodes", []) if isinstance(layer, dict) else []:
-            for ref in node if isinstance(node, list) else []:
-                if isinstance(ref, list) and len(ref) >= 3 and ref[0] in nested and ref[1] > 0:
-                    ref[1] -= 1
-                    changed = True
+    for ref, names in refs:
+        if (
+            isinstance(ref, list)
+            and len(ref) >= 3
+            and ref[0] in names
+            and isinstance(ref[1], int)
+            and ref[1] > 0
+        ):
+            ref[1] -= 1
+            changed = True
     return changed
 
 
