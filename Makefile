@@ -14,10 +14,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.layertap-installed
-EXTRAS := tensorflow,jax,parquet,legacy,dev
+EXTRAS := tensorflow,jax,parquet,dev
 # The CPU build; pip's constraints here allow torch<=2.14.1 and any other version pulls
 # a multi-GB CUDA build. Install it first so the extras never choose another torch.
 TORCH := torch==2.13.0
+# tf_keras (the `legacy` extra: SavedModel loading, and the tests that write tf.keras 2
+# files) requires the full `tensorflow` wheel; tensorflow-cpu provides the same module,
+# so the dev venv installs it without dependencies instead of a second TensorFlow.
+TF_KERAS := tf-keras==2.21.*
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 
@@ -37,6 +41,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install '$(TORCH)'
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --no-deps '$(TF_KERAS)'
 	touch $(STAMP)
 
 # The main job: tap five places (two inside the nested backbone) of the example model
