@@ -159,8 +159,9 @@ def test_another_run_is_refused_and_left_untouched(
     assert result.exit_code == 2
     assert "differs in: taps" in result.stderr and "--overwrite" in result.stderr
     assert out.read_bytes() == clean.read_bytes()
-    again = run(*args)  # the same run: finished already, nothing to do
+    again = run(*args[:-1])  # the same run: finished already, nothing to do
     assert again.exit_code == 1 and out.read_bytes() == clean.read_bytes()
+    assert again.stdout == f"{out} is complete already (15 rows, 2 failed); nothing to do\n"
     assert run(*other, "--overwrite").exit_code == 1
     with h5py.File(out) as f:
         assert json.loads(f.attrs["taps"])["emb"]["layer"] == "gap"

@@ -52,6 +52,8 @@ class ExtractResult:
         failed: ``(id, reason)`` for every input that was skipped.
         resumed: rows found from an interrupted run and kept.
         shapes: ``{dataset name: shape}``.
+        already_complete: the file was finished by an earlier run of the same job, and
+            nothing was done.
     """
 
     path: Path
@@ -60,6 +62,7 @@ class ExtractResult:
     failed: list[tuple[str, str]]
     resumed: int
     shapes: dict[str, tuple[int, ...]]
+    already_complete: bool = False
 
 
 def model_fingerprint(model: Any, path: Path | None) -> str:
@@ -213,6 +216,7 @@ def extract(
             format=format,
             pool=reducers,
         )
+        already_complete = writer.complete
         if writer.resumed and not writer.complete:
             log.info("resuming %s after %d rows", out, writer.resumed)
         try:
@@ -232,7 +236,13 @@ def extract(
             writer.abort()
             raise
         return ExtractResult(
-            writer.path, writer.format, writer.rows, writer.failed, writer.resumed, writer.shapes
+            writer.path,
+            writer.format,
+            writer.rows,
+            writer.failed,
+            writer.resumed,
+            writer.shapes,
+            already_complete,
         )
     finally:
         source.close()

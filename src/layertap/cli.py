@@ -395,8 +395,11 @@ def extract(
     if not quiet:
         shapes = ", ".join(f"{name} {_shape_text(shape)}" for name, shape in result.shapes.items())
         failed = f", {len(result.failed)} failed" if result.failed else ""
-        resumed = f" (resumed after {result.resumed})" if result.resumed else ""
-        click.echo(f"wrote {result.rows} rows{failed} to {out}{resumed}: {shapes}")
+        if result.already_complete:
+            click.echo(f"{out} is complete already ({result.rows} rows{failed}); nothing to do")
+        else:
+            resumed = f" (resumed after {result.resumed})" if result.resumed else ""
+            click.echo(f"wrote {result.rows} rows{failed} to {out}{resumed}: {shapes}")
     if result.failed:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
 
