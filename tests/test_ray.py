@@ -1,0 +1,186 @@
+"""The Ray Data engine against the local engine, on a local Ray started here.
+
+One Ray for the module (2 CPUs, no dashboard, loopback); a tiny model saved to a
+file; images with a few bad files. Every comparison joins on ``path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import layertap  # noqa: E402
+from layertap import _ray  # noqa: E402
+from layertap._errors import BadInputError, OutputError  # noqa: E402
+
+LAYERS = {"early": "conv1", "emb": "gap", "logits": "out"}
+POOL = {"*": "keep", "early": "avg"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A model file and a folder of 9 images (3 sizes, PNG/JPEG) plus 2 bad files."""
+    d = tmp_path_factory.mktemp("ray")
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inp)
+    g = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    m = keras.Model(inp, keras.layers.Dense(3, name="out")(g))
+    model = d / "m.keras"
+    m.save(model)
+    images = d / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(9):
+        size = (12 + 5 * (i % 3), 9 + 4 * (i % 2))
+        img = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+        img.save(images / f"img{i}.{'png' if i % 2 else 'jpg'}")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (images / "notes.txt").write_text("not an image")
+    return model, images
+
+
+def _by_path(paths: list[str], values: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(paths, values, strict=True))
+
+
+def _read_dir(out: Path) -> tuple[Any, list[Any]]:
+    table = pq.read_table(out)
+    schemas = [pq.read_schema(p) for p in sorted(out.glob("part-*.parquet"))]
+    return table, schemas
+
+
+def test_workers_use_the_drivers_backend(ray_cluster: None) -> None:
+    @ray.remote
+    def backend() -> tuple[str | None, str]:
+        import keras
+
+        return os.environ.get("KERAS_BACKEND"), keras.backend.backend()
+
+    env, used = ray.get(backend.remote())
+    assert used == keras.backend.backend()
+    assert env == os.environ.get("KERAS_BACKEND")
+
+
+def test_dataset_equals_local_engine(ray_cluster: None, files: tuple[Path, Path]) -> None:
+    model, images = files
+    local = layertap.extract(str(model), [images], LAYERS, pool=POOL, batch_size=4)
+    assert isinstance(local, layertap.Features)
+    ds = _ray.extract_dataset(model, [images], LAYERS, pool=POOL, batch_size=4, concurrency=2)
+    rows = ds.to_pandas()
+    ok = rows[rows["_failed"] == ""]
+    bad = rows[rows["_failed"] != ""]
+    assert sorted(ok["path"]) == sorted(local["paths"].tolist())
+    assert sorted(zip(bad["path"], bad["_failed"], strict=True)) == sorted(local.failed)
+    assert len(local.failed) == 2
+    for key in LAYERS:
+        got = _by_path(list(ok["path"]), np.stack(ok[key].to_numpy()))
+        want = _by_path(local["paths"].tolist(), local[key])
+        for path, value in want.items():
+            np.testing.assert_allclose(got[path], value, rtol=1e-5, atol=1e-5)
+
+
+def test_parquet_dir_matches_local_parquet(
+    ray_cluster: None, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, images = files
+    local_file = tmp_path / "local.parquet"
+    result = layertap.extract(
+        str(model), [images], LAYERS, local_file, pool=POOL, batch_size=4, progress=False
+    )
+    assert isinstance(result, layertap.ExtractResult)
+    out = tmp_path / "ray"
+    got = _ray.extract_parquet(model, [images], LAYERS, out, pool=POOL, batch_size=4)
+    assert got.rows == result.rows == 9
+    assert sorted(got.failed) == sorted(result.failed)
+    local_schema = pq.read_schema(local_file)
+    table, schemas = _read_dir(out)
+    for schema in schemas:  # the same fields, types and field metadata
+        assert schema.remove_metadata() == local_schema.remove_metadata()
+        for field in local_schema:
+            assert schema.field(field.name).metadata == field.metadata
+        local_meta = json.loads(local_schema.metadata[b"layertap"])
+        meta = json.loads(schema.metadata[b"layertap"])
+        assert set(meta) - {"engine"} == set(local_meta)
+        assert meta["preprocessing"] == local_meta["preprocessing"]
+        assert json.loads(meta["fingerprint"]) == json.loads(local_meta["fingerprint"])
+    assert got.shapes == result.shapes
+    # Part files' own failures add up to every failure; _failed.parquet has them all.
+    parts_failed = [
+        tuple(f) for s in schemas for f in json.loads(s.metadata[b"layertap"])["failed"]
+    ]
+    assert sorted(parts_failed) == sorted(result.failed)
+    failed = pq.read_table(out / "_failed.parquet").to_pydict()
+    assert sorted(zip(failed["path"], failed["reason"], strict=True)) == sorted(result.failed)
+    local_table = pq.read_table(local_file)
+    want = local_table.to_pydict()
+    have = table.to_pydict()
+    for name in local_table.column_names[1:]:
+        a = _by_path(want["path"], np.array(want[name]))
+        b = _by_path(have["path"], np.array(have[name]))
+        assert a.keys() == b.keys()
+        for path in a:
+            np.testing.assert_allclose(b[path], a[path], rtol=1e-5, atol=1e-5)
+    summary = json.loads((out / "_layertap.json").read_text())
+    assert summary["rows"] == 9 and len(summary["failed"]) == 2
+
+
+def test_dataset_input_and_refusals(
+    ray_cluster: None, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, images = files
+    paths = sorted(str(p) for p in images.iterdir())
+    ds = ray.data.from_items([{"path": p} for p in paths])
+    feats = _ray.extract_dataset(model, ds, ["gap"], batch_size=3).to_pandas()
+    assert sorted(feats["path"]) == paths
+    assert (feats["_failed"] != "").sum() == 2
+    with pytest.raises(BadInputError, match="not 'path'"):
+        _ray.extract_dataset(model, ray.data.from_items([{"file": "a"}]), ["gap"])
+    with pytest.raises(BadInputError, match="file path or URI"):
+        _ray.extract_dataset(keras.models.load_model(model), [images], ["gap"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("")
+    with pytest.raises(OutputError, match="not empty"):
+        _ray.extract_parquet(model, [images], ["gap"], tmp_path / "busy")
+
+
+def test_run_extract_for_the_cli(
+    ray_cluster: None, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, images = files
+    local = layertap.extract(str(model), [images], ["gap"], pool="keep")
+    assert isinstance(local, layertap.Features)
+    rows, failed = _ray.run_extract(
+        model, [str(images)], ["gap"], tmp_path / "out", quiet=True, concurrency=1
+    )
+    assert ray.is_initialized()  # a Ray it did not start is left running
+    assert rows == 9 and sorted(failed) == sorted(local.failed)
+    table = pq.read_table(tmp_path / "out").to_pydict()
+    got = _by_path(table["path"], np.array(table["gap"]))
+    for path, value in _by_path(local["paths"].tolist(), local["gap"]).items():
+        np.testing.assert_allclose(got[path], value, rtol=1e-5, atol=1e-5)
