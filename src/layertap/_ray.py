@@ -57,11 +57,14 @@ import numpy as np
 from layertap._data import FileSource, ImageSpec, Preprocess, make_source, resolve_preprocess
 from layertap._errors import BadInputError, BadSpecError, OutputError
 from layertap._reduce import reduce, resolve_pool
-from layertap._resolve import Spec
 from layertap._write import parquet_schema, safe_names
 
 if TYPE_CHECKING:
     import ray.data
+
+    # Type hints only: layertap._resolve imports Keras, which a write task must not
+    # import (it would start a backend in every worker that only writes Parquet).
+    from layertap._resolve import Spec
 
 __all__ = [
     "FAILED_COLUMN",
@@ -478,6 +481,7 @@ def _run_dataset(
     ray_remote_args: Mapping[str, Any] | None,
 ) -> ray.data.Dataset:
     import keras
+    from ray.data import ActorPoolStrategy
 
     if batch_size < 1:
         raise BadInputError(f"batch size must be at least 1, not {batch_size}")
@@ -495,7 +499,7 @@ def _run_dataset(
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) apply
