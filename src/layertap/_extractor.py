@@ -8,6 +8,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import tree
 
 from layertap._build import build_model
 from layertap._errors import BadInputError
@@ -168,8 +169,44 @@ class Extractor:
             >>> Extractor(m, {"f": 0}).predict(np.zeros((70, 4), "float32"))["f"].shape
             (70, 3)
         """
-        if isinstance(x, Mapping | list | tuple) or _shape(x) is not None:
-            self._check_inputs(x)
-            batch_size = batch_size or 32
-        out = self.model.predict(x, batch_size=batch_size, verbose=verbose)
-        return {key: np.asarray(out[key]) for key in self.outputs}
+        if not (isinstance(x, Mapping | list | tuple) or _shape(x) is not None):
+            out = self.model.predict(x, batch_size=batch_size, verbose=verbose)
+            return {key: np.asarray(out[key]) for key in self.outputs}
+        self._check_inputs(x)
+        return self._predict_arrays(x, batch_size or 32, verbose)
+
+    def _predict_arrays(self, x: Any, batch_size: int, verbose: int | str) -> dict[str, np.ndarray]:
+        """Batches through the compiled predict step, filling preallocated outputs.
+
+        Unlike ``keras.Model.predict``, which keeps every batch's outputs and joins them
+        at the end, each batch is copied once into its place: large feature maps cost
+        one copy, and memory is the result plus one batch.
+        """
+        lengths = {int(_shape(a)[0]) for a in tree.flatten(x)}  # type: ignore[index,arg-type]
+        if len(lengths) != 1:
+            raise BadInputError(
+                f"input arrays have different numbers of rows {sorted(lengths)}; "
+                "every input needs one row per example"
+            )
+        n = lengths.pop()
+        results = {
+            key: np.empty((n, *(int(d) for d in info.shape[1:] if d is not None)), info.dtype)
+            for key, info in self.outputs.items()
+            if None not in info.shape[1:]
+        }
+        pieces: dict[str, list[np.ndarray]] = {k: [] for k in self.outputs if k not in results}
+        bar = keras.utils.Progbar(n) if verbose not in (0, "0", "silent") else None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            rows = slice(start, stop)
+            out = self.model.predict_on_batch(tree.map_structure(lambda a, r=rows: a[r], x))
+            for key in self.outputs:
+                if key in results:
+                    results[key][start:stop] = out[key]
+                else:  # a dynamic shape: join at the end
+                    pieces[key].append(np.asarray(out[key]))
+            if bar is not None:
+                bar.update(stop)
+        for key, parts in pieces.items():
+            results[key] = np.concatenate(parts) if parts else np.empty((0,), "float32")
+        return {key: results[key] for key in self.outputs}
