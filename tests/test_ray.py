@@ -108,6 +108,9 @@ def test_parquet_dir_matches_local_parquet(
         assert set(meta) - {"engine"} == set(local_meta)
         assert meta["preprocessing"] == local_meta["preprocessing"]
         assert json.loads(meta["fingerprint"]) == json.loads(local_meta["fingerprint"])
+        taps, local_taps = json.loads(meta["taps"]), json.loads(local_meta["taps"])
+        for key, tap in local_taps.items():  # shape: (this file's rows, *row)
+            assert taps[key] == {**tap, "shape": [meta["rows"], *tap["shape"][1:]]}
     assert got.shapes == result.shapes
     # Part files' own failures add up to every failure; _failed.parquet has them all.
     parts_failed = [
@@ -174,3 +177,17 @@ def test_run_extract_for_the_cli(
     got = _by_path(table["path"], np.array(table["gap"]))
     for path, value in _by_path(local["paths"].tolist(), local["gap"]).items():
         np.testing.assert_allclose(got[path], value, rtol=1e-5, atol=1e-5)
+
+
+def test_every_input_failing_still_leaves_the_schema(
+    ray_cluster: None, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, images = files
+    bad = [images / "broken.jpg", images / "notes.txt"]
+    result = _ray.extract_parquet(model, bad, ["gap"], tmp_path / "out", pool="avg")
+    assert result.rows == 0 and len(result.failed) == 2
+    assert len(result.parts) == 1  # a part with no rows, holding the failures
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == 0 and table.column_names == ["path", "gap"]
+    meta = json.loads(table.schema.metadata[b"layertap"])
+    assert sorted(tuple(f) for f in meta["failed"]) == sorted(result.failed)

@@ -265,7 +265,10 @@ class FeatureMapper:
         n = len(files)
         xs: list[Any] = [None] * n
         reasons = [""] * n
-        images = [i for i in range(n) if rows[i] < 0]
+        images = [i for i in range(n) if rows[i] < 0 and not files[i].lower().endswith(".npy")]
+        for i in range(n):
+            if rows[i] < 0 and files[i].lower().endswith(".npy"):
+                reasons[i] = "a .npy file in a Dataset needs a 'row' column (its row index)"
         for i in range(n):
             if rows[i] >= 0:
                 xs[i] = self._npy_row(files[i], rows[i])
@@ -456,8 +459,8 @@ def _dataset(plan: _Plan, inputs: Any) -> ray.data.Dataset:
         if "path" not in names:
             raise BadInputError(
                 f"the input Dataset has the columns {names!r}, not 'path': give one row per "
-                "file with its path (e.g. ray.data.read_images(..., include_paths=True) "
-                "gives 'path')"
+                "file with its path, e.g. ray.data.from_items([{'path': p} for p in paths]) "
+                "(the actors decode the files themselves)"
             )
         selected: ray.data.Dataset = inputs.select_columns(
             [c for c in ("path", "file", "row") if c in names]
@@ -588,7 +591,20 @@ def _filesystem(out: str) -> tuple[Any, str]:
 
 
 def _part_metadata(attrs: Mapping[str, Any], rows: int, failed: list[tuple[str, str]]) -> Any:
-    return {**attrs, "rows": rows, "failed": [list(item) for item in failed]}
+    """A file's ``layertap`` metadata: the run's attributes, its rows and failures.
+
+    ``attrs["taps"]`` holds row shapes; each file's ``shape`` starts with its rows,
+    as the local writer's does.
+    """
+    taps = json.loads(attrs["taps"])
+    for tap in taps.values():
+        tap["shape"] = [rows, *tap["shape"]]
+    return {
+        **attrs,
+        "taps": json.dumps(taps),
+        "rows": rows,
+        "failed": [list(item) for item in failed],
+    }
 
 
 def _make_sink(
@@ -821,7 +837,7 @@ def _write_summary(
     )
     with fs.open_output_stream(f"{root}/_failed.parquet") as stream:
         pq.write_table(table, stream)
-    summary = {**attrs, "rows": rows, "failed": [list(f) for f in failed], "parts": parts}
+    summary = {**_part_metadata(attrs, rows, failed), "parts": parts}
     with fs.open_output_stream(f"{root}/_layertap.json") as stream:
         stream.write(json.dumps(summary, indent=1).encode())
     return parts
@@ -877,6 +893,10 @@ def run_extract(
     context = DataContext.get_current()
     bars = context.enable_progress_bars
     context.enable_progress_bars = not quiet
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    if quiet:
+        data_log.setLevel(logging.WARNING)
     try:
         if concurrency is None:
             resources = ray.cluster_resources()
@@ -904,6 +924,7 @@ def run_extract(
         )
     finally:
         context.enable_progress_bars = bars
+        data_log.setLevel(level)
         if started:
             ray.shutdown()
     return result.rows, result.failed
