@@ -191,3 +191,26 @@ def test_every_input_failing_still_leaves_the_schema(
     assert table.num_rows == 0 and table.column_names == ["path", "gap"]
     meta = json.loads(table.schema.metadata[b"layertap"])
     assert sorted(tuple(f) for f in meta["failed"]) == sorted(result.failed)
+
+
+def test_cli_engine_ray(ray_cluster: None, files: tuple[Path, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from layertap.cli import cli
+
+    if not any(p.name == "engine" for p in cli.commands["extract"].params):
+        pytest.skip("layertap extract has no --engine option yet (wired in cli.py)")
+    model, images = files
+    args = ["extract", str(model), str(images), "-l", "emb=gap", "-l", "conv1", "--pool", "avg"]
+    local = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "l.parquet"), "-q"])
+    out = tmp_path / "ray"
+    run = CliRunner().invoke(cli, [*args, "--engine", "ray", "--out", str(out), "-q"])
+    assert (run.exit_code, local.exit_code) == (1, 1), run.output  # 2 inputs skipped
+    want = pq.read_table(tmp_path / "l.parquet").to_pydict()
+    have = pq.read_table(out).to_pydict()
+    for name in ("emb", "conv1"):
+        a = _by_path(want["path"], np.array(want[name]))
+        b = _by_path(have["path"], np.array(have[name]))
+        assert a.keys() == b.keys()
+        for path in a:
+            np.testing.assert_allclose(b[path], a[path], rtol=1e-5, atol=1e-5)

@@ -896,7 +896,7 @@ def run_extract(
     data_log = logging.getLogger("ray.data")
     level = data_log.level
     if quiet:
-        data_log.setLevel(logging.WARNING)
+        data_log.setLevel(logging.ERROR)
     try:
         if concurrency is None:
             resources = ray.cluster_resources()
