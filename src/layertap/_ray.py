@@ -742,7 +742,7 @@ def extract_parquet(
     from layertap import __version__
     from layertap._engine import model_fingerprint
 
-    ray = _need_ray()
+    _need_ray()  # a clear error before any work when Ray is missing
     out_text = os.fspath(out)
     plan = _plan(
         model,
@@ -802,7 +802,6 @@ def extract_parquet(
     )
     sink = _make_sink(out_text, plan.columns, attrs)
     ds.write_datasink(sink, ray_remote_args={"max_retries": MAX_RETRIES})
-    del ray  # imported for the clear error only
     parts = sorted(sink.parts, key=lambda p: p["file"])
     failed = [(str(p), str(r)) for part in parts for p, r in part["failed"]]
     rows = sum(int(p["rows"]) for p in parts)
