@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from layertap._extractor import Extractor, TapInfo
     from layertap._graph import LayerInfo, list_layers, summary
     from layertap._load import load_model
+    from layertap._ray import FeatureMapper, extract_dataset, extract_parquet
 
 try:
     __version__ = version("layertap")
@@ -53,6 +54,9 @@ _LAZY = {
     "summary": "layertap._graph",
     "load_model": "layertap._load",
     "tap": "layertap._capture",
+    "FeatureMapper": "layertap._ray",
+    "extract_dataset": "layertap._ray",
+    "extract_parquet": "layertap._ray",
 }
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "BadSpecError",
     "ExtractResult",
     "Extractor",
+    "FeatureMapper",
     "Features",
     "LayerInfo",
     "LayerNotFoundError",
@@ -71,6 +76,8 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "extract",
+    "extract_dataset",
+    "extract_parquet",
     "list_layers",
     "load_model",
     "summary",

@@ -295,6 +295,17 @@ def layers(
     "--overwrite", is_flag=True, help="Replace FILE if it was written by a different run."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary line.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: run on Ray Data (pip install 'layertap[ray]'); --out is then a directory.",
+)
+@click.option("--address", default=None, help="Ray cluster address (default: start one here).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Ray actors.")
+@click.option("--num-cpus", type=click.FloatRange(min=0), default=1.0, help="CPUs per actor.")
+@click.option("--num-gpus", type=click.FloatRange(min=0), default=0.0, help="GPUs per actor.")
 def extract(
     model: Path,
     inputs: tuple[str, ...],
@@ -311,6 +322,11 @@ def extract(
     unsafe: bool,
     overwrite: bool,
     quiet: bool,
+    engine: str,
+    address: str | None,
+    concurrency: int | None,
+    num_cpus: float,
+    num_gpus: float,
 ) -> None:
     """Run inputs through MODEL once and write the chosen layers' outputs to FILE.
 
@@ -339,6 +355,7 @@ def extract(
       layertap extract model.keras 'shots/**/*.jpg' -l early=backbone/block_1_conv \\
           -l emb=embedding -l -1 --pool avg --pool emb=keep --out feats.parquet
       layertap extract model.keras files.txt -l gap --preprocess torch -o feats.npz
+      layertap extract model.keras photos/ -l gap --engine ray --out feats_dir/
     """
     _quiet_backend_logs()
     import logging
@@ -354,9 +371,41 @@ def extract(
     hw = _parse_size(size)
     if preprocess is not None:
         resolve_preprocess(preprocess)
-    check_output(out, fmt)
+    if engine == "local":
+        check_output(out, fmt)
     expand_inputs(inputs)
     m = _load(model, custom_objects, unsafe)
+    if engine == "ray":
+        from layertap._ray import run_extract
+
+        rows, failed_inputs = run_extract(
+            model,
+            list(inputs),
+            layer_specs(parsed, m),
+            out,
+            batch_size=batch_size,
+            preprocess=preprocess,
+            pool=pool,
+            size=hw,
+            resize=resize,
+            custom_objects=custom_objects,
+            safe_mode=not unsafe,
+            overwrite=overwrite,
+            quiet=quiet,
+            address=address,
+            concurrency=concurrency,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            meta={"model": str(model), "layers": list(layer_options)},
+        )
+        for path, reason in failed_inputs:
+            click.echo(f"layertap: skipped {path}: {reason}", err=True)
+        if not quiet:
+            failed_text = f", {len(failed_inputs)} failed" if failed_inputs else ""
+            click.echo(f"wrote {rows} rows{failed_text} to {out}/ (Parquet parts)")
+        if failed_inputs:
+            raise click.exceptions.Exit(EXIT_SOME_FAILED)
+        return
     # The CLI names skipped inputs itself; keep the library's log records off stderr.
     logging.getLogger("layertap").addHandler(logging.NullHandler())
 
