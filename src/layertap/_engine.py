@@ -26,7 +26,7 @@ from layertap._extractor import Extractor, TapInfo
 from layertap._reduce import reduce, reduced_shape, resolve_pool
 from layertap._resolve import Spec
 
-__all__ = ["ExtractResult", "Features", "extract", "model_fingerprint"]
+__all__ = ["ExtractResult", "Features", "extract", "model_fingerprint", "run_fingerprint"]
 
 log = logging.getLogger("layertap")
 
@@ -85,6 +85,36 @@ def model_fingerprint(model: Any, path: Path | None) -> str:
         h.update(w.path.encode())
         h.update(np.ascontiguousarray(np.asarray(w.numpy())).data)
     return h.hexdigest()
+
+
+def run_fingerprint(
+    model: Any,
+    model_path: Path | None,
+    layers: Mapping[str, str],
+    reducers: Mapping[str, str],
+    preprocessing: Any,
+    inputs: str | None,
+) -> dict[str, Any] | None:
+    """What makes two runs the same run: model, taps, reducers, preprocessing, inputs.
+
+    ``None`` when the inputs cannot be fingerprinted (an iterable), so the run cannot
+    resume. Every engine records this, so their outputs can be compared.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
+        >>> sorted(run_fingerprint(m, None, {"d": "d"}, {"d": "keep"}, {}, "abc"))
+        ['inputs', 'model', 'pool', 'preprocessing', 'taps']
+    """
+    if inputs is None:
+        return None
+    return {
+        "model": model_fingerprint(model, model_path),
+        "taps": dict(layers),
+        "pool": dict(reducers),
+        "preprocessing": preprocessing,
+        "inputs": inputs,
+    }
 
 
 def _progress_bar(total: int | None, initial: int, show: bool | None) -> Any:
@@ -190,15 +220,14 @@ def extract(
     try:
         if out is None:
             return _to_memory(ex, source, taps, reducers, progress, on_failed)
-        fingerprint = None
-        if source.fingerprint is not None:
-            fingerprint = {
-                "model": model_fingerprint(model, model_path),
-                "taps": {k: t.path for k, t in taps.items()},
-                "pool": reducers,
-                "preprocessing": source.preprocessing,
-                "inputs": source.fingerprint,
-            }
+        fingerprint = run_fingerprint(
+            model,
+            model_path,
+            {k: t.path for k, t in taps.items()},
+            reducers,
+            source.preprocessing,
+            source.fingerprint,
+        )
         attrs = {
             "model": str(model_path) if model_path is not None else model.name,
             "layers": {k: t.path for k, t in taps.items()},

@@ -57,7 +57,7 @@ import numpy as np
 from layertap._data import FileSource, ImageSpec, Preprocess, make_source, resolve_preprocess
 from layertap._errors import BadInputError, BadSpecError, OutputError
 from layertap._reduce import reduce, resolve_pool
-from layertap._write import parquet_schema, safe_names
+from layertap._write import RESERVED, parquet_schema, safe_names
 
 if TYPE_CHECKING:
     import ray.data
@@ -82,8 +82,6 @@ log = logging.getLogger("layertap")
 FAILED_COLUMN = "_failed"
 #: ``max_retries`` of the write tasks.
 MAX_RETRIES = 3
-# The local Parquet writer's reserved names (layertap._write), so columns match it.
-_PARQUET_RESERVED = frozenset({"path", "paths", "failed", "progress"})
 
 CustomObjects = Mapping[str, Any] | Sequence[str] | None
 
@@ -132,7 +130,7 @@ def _check_model_arg(model: Any) -> None:
 
 
 def _column_names(keys: Sequence[str]) -> dict[str, str]:
-    names = safe_names(list(keys), _PARQUET_RESERVED)
+    names = safe_names(list(keys), RESERVED["parquet"])
     for key, name in names.items():
         if name == FAILED_COLUMN:
             raise BadSpecError(
@@ -740,7 +738,7 @@ def extract_parquet(
         (99998, 2)
     """
     from layertap import __version__
-    from layertap._engine import model_fingerprint
+    from layertap._engine import run_fingerprint
 
     _need_ray()  # a clear error before any work when Ray is missing
     out_text = os.fspath(out)
@@ -767,15 +765,14 @@ def extract_parquet(
         }
         for key, name in plan.names.items()
     }
-    fingerprint = None
-    if plan.fingerprint is not None:
-        fingerprint = {
-            "model": model_fingerprint(plan.probe.model, plan.model),
-            "taps": {k: plan.columns[n][1] for k, n in plan.names.items()},
-            "pool": plan.reducers,
-            "preprocessing": plan.preprocessing,
-            "inputs": plan.fingerprint,
-        }
+    fingerprint = run_fingerprint(
+        plan.probe.model,
+        plan.model,
+        {k: plan.columns[n][1] for k, n in plan.names.items()},
+        plan.reducers,
+        plan.preprocessing,
+        plan.fingerprint,
+    )
     attrs: dict[str, Any] = {
         "fingerprint": json.dumps(fingerprint),
         "complete": True,

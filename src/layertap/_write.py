@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from layertap._extractor import TapInfo
 
 __all__ = [
+    "RESERVED",
     "SUFFIXES",
     "FeatureWriter",
     "check_output",
@@ -76,7 +77,8 @@ __all__ = [
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS = ("hdf5", "npz", "parquet")
 
-_RESERVED = {
+#: Names a tap's safe name may not take, per format (the files' own entries).
+RESERVED = {
     "hdf5": frozenset({"paths", "failed", "progress"}),
     "npz": frozenset({"paths", "failed_path", "failed_reason", "__layertap__", "progress"}),
     "parquet": frozenset({"path", "paths", "failed", "progress"}),
@@ -241,7 +243,7 @@ class FeatureWriter:
         self.pool = dict(pool or {})
         self.meta = dict(meta)
         self.fingerprint = dict(fingerprint) if fingerprint is not None else None
-        self.names = safe_names(list(taps), _RESERVED[fmt])
+        self.names = safe_names(list(taps), RESERVED[fmt])
         self.rows = 0
         self.inputs_done = 0
         self.resumed = 0
