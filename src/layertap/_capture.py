@@ -288,15 +288,17 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         self.layer = layer
         self._captures = tuple(captures)
         self._call_has_training_arg = getattr(layer, "_call_has_training_arg", False)
+        # Worked out once: on torch, call() runs for every batch, not only at a trace.
+        self._paths = tuple(layer_paths(layer).items())
+        self._wanted = frozenset(event.key for _, event in self._captures)
+        self._targets = frozenset(event.path for _, event in self._captures if event.path)
         self.built = True
 
     def call(self, *args: Any, training: Any = None, **kwargs: Any) -> dict[str, Any]:
         if training is not None and self._call_has_training_arg:
             kwargs["training"] = training
-        wanted = {event.key for _, event in self._captures}
-        session = _Session(layer_paths(self.layer), wanted)
-        targets = {event.path for _, event in self._captures if event.path}
-        with _intercept(self.layer, session, targets):
+        session = _Session(dict(self._paths), set(self._wanted))
+        with _intercept(self.layer, session, set(self._targets)):
             outputs = self.layer(*args, **kwargs)
         missing = [key for key, event in self._captures if event.key not in session.values]
         if missing:
