@@ -113,6 +113,7 @@ def test_public_names_are_pinned() -> None:
         "OutputError",
         "TapInfo",
         "UnsupportedModelError",
+        "UntracedLayerError",
         "__version__",
         "extract",
         "extract_dataset",

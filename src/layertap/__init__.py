@@ -28,6 +28,7 @@ from layertap._errors import (
     ModelLoadError,
     OutputError,
     UnsupportedModelError,
+    UntracedLayerError,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ __all__ = [
     "OutputError",
     "TapInfo",
     "UnsupportedModelError",
+    "UntracedLayerError",
     "__version__",
     "extract",
     "extract_dataset",

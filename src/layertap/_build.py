@@ -19,6 +19,7 @@ as they were.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,9 +28,16 @@ from keras import tree
 from keras.src.models.functional import Functional
 
 from layertap._capture import ROOT_OUTPUT, Capture, Event
-from layertap._graph import LayerInfo, graph_nodes, graph_of, inner_graph, root_inputs
+from layertap._graph import (
+    LayerInfo,
+    graph_input_specs,
+    graph_nodes,
+    inner_graph,
+    input_names,
+    root_inputs,
+)
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "needed_inputs"]
 
 _OUTPUT_KEY = "__layertap_output_{}"
 
@@ -42,19 +50,38 @@ class _Request:
     nodes: tuple[Any, ...]
     output_index: int
     event: Event | None = None
+    spec: tuple[tuple[int | None, ...], str] | None = None  # a captured tap's shape, dtype
 
 
-def _fresh_inputs(graph: Functional) -> Any:
-    fresh = [
+def _fresh_inputs(graph: Functional, specs: list[Any] | None = None) -> list[Any]:
+    """New ``keras.Input``s like ``graph.inputs`` (or ``specs``, sized by ``input_shape``)."""
+    return [
         keras.Input(
-            batch_shape=(None, *x.shape[1:]),
+            batch_shape=(None, *(x if spec is None else spec).shape[1:]),
             dtype=x.dtype,
             sparse=bool(getattr(x, "sparse", False)),
             name=x._keras_history.operation.name,
         )
-        for x in graph.inputs
+        for x, spec in zip(graph.inputs, specs or [None] * len(graph.inputs), strict=True)
     ]
-    return tree.pack_sequence_as(graph._inputs_struct, fresh)
+
+
+def needed_inputs(graph: Functional, places: Mapping[str, LayerInfo]) -> list[int]:
+    """Positions in ``graph.inputs`` of the inputs that the taps in ``places`` depend on.
+
+    Example:
+        >>> from layertap._graph import walk
+        >>> a, b = keras.Input((2,), name="a"), keras.Input((2,), name="b")
+        >>> m = keras.Model([a, b], [keras.layers.Dense(1, name="da")(a), b])
+        >>> needed_inputs(m, {p.path: p for p in walk(m) if p.path == "da"})
+        [0]
+    """
+    start: list[Any] = []
+    for place in places.values():
+        node = place.nodes[0]
+        start.extend(node.parent_nodes if len(place.nodes) > 1 or place.event else [node])
+    needed = _ancestors(start)
+    return [i for i, x in enumerate(graph.inputs) if id(_producer(x)) in needed]
 
 
 def _producer(tensor: Any) -> Any:
@@ -83,7 +110,7 @@ def _unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[str, Any]:
+def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> dict[str, Any]:
     """Replay the part of ``graph`` that ``requests`` need on ``inputs``; return key -> tensor."""
     direct: dict[int, list[_Request]] = {}
     nested: dict[int, list[_Request]] = {}
@@ -116,9 +143,7 @@ def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[st
         for op in graph.operations
         if isinstance(op, keras.layers.InputLayer) or id(op) in as_is
     }
-    tensors: dict[int, Any] = {
-        id(x): y for x, y in zip(graph.inputs, tree.flatten(inputs), strict=True)
-    }
+    tensors: dict[int, Any] = {id(x): y for x, y in zip(graph.inputs, inputs, strict=True)}
     results: dict[str, Any] = {}
     for node in run:
         args, kwargs = node.arguments.fill_in(tensors)
@@ -128,6 +153,7 @@ def _replay(graph: Functional, inputs: Any, requests: list[_Request]) -> dict[st
             wrapper = Capture(
                 node.operation,
                 [(r.key, r.event) for r in wanted if r.event is not None],
+                specs={r.key: r.spec for r in wanted if r.spec is not None},
                 name=_unique_name(node.operation.name, taken),
             )
             produced = wrapper(*args, **kwargs)
@@ -170,15 +196,16 @@ def _rebuild(
             requests.append(_Request(_OUTPUT_KEY.format(j), (_producer(x),), history.tensor_index))
     inputs = _fresh_inputs(graph)
     outputs = _replay(graph, inputs, requests)
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(tree.pack_sequence_as(graph._inputs_struct, inputs), outputs, name=name)
 
 
 def build_model(
     model: Any, taps: Mapping[str, LayerInfo], *, name: str, input_shape: Any = None
 ) -> keras.Model:
-    """One Functional taking ``model``'s inputs and returning ``{key: tap}`` in one pass.
+    """One Functional taking the inputs the taps need and returning ``{key: tap}`` in one pass.
 
-    A model without a graph (its own ``call()``) runs whole, through :class:`Capture`.
+    Inputs that no tap depends on are left out (a dict-input model keeps its keys). A
+    model without a graph (its own ``call()``) runs whole, through :class:`Capture`.
 
     Example:
         >>> from layertap._graph import walk
@@ -187,17 +214,46 @@ def build_model(
         >>> built.output["d"].shape
         (None, 2)
     """
-    if input_shape is None and inner_graph(model) is not None:
-        graph = graph_of(model)
+    name = _scope_safe(name)
+    graph = inner_graph(model)
+    if graph is not None:
         requests = [
-            _Request(key, place.nodes, place.output_index or 0, place.event)
+            _Request(
+                key,
+                place.nodes,
+                place.output_index or 0,
+                place.event,
+                (place.output_shape, place.dtype) if place.event is not None else None,
+            )
             for key, place in taps.items()
         ]
-        inputs = _fresh_inputs(graph)
+        specs = None if input_shape is None else graph_input_specs(graph, input_shape)
+        inputs = _fresh_inputs(graph, specs)
         outputs = _replay(graph, inputs, requests)
-        return keras.Model(inputs, {key: outputs[key] for key in taps}, name=name)
+        keep = needed_inputs(graph, taps)
+        struct = graph._inputs_struct
+        if isinstance(struct, dict):
+            names = input_names(graph)
+            model_inputs: Any = {names[i]: inputs[i] for i in keep}
+        elif len(graph.inputs) == 1 and len(keep) == 1:
+            model_inputs = inputs[0]
+        else:
+            model_inputs = [inputs[i] for i in keep]
+        return keras.Model(model_inputs, {key: outputs[key] for key in taps}, name=name)
     specs = root_inputs(model, input_shape)
     inputs = tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), specs)
     captures = [(key, place.event) for key, place in taps.items() if place.event is not None]
-    produced = Capture(model, captures, name=model.name)(inputs)
+    shapes = {key: (place.output_shape, place.dtype) for key, place in taps.items()}
+    produced = Capture(model, captures, specs=shapes, name=_scope_safe(model.name))(inputs)
     return keras.Model(inputs, {key: produced[key] for key in taps}, name=name)
+
+
+def _scope_safe(name: str) -> str:
+    """``name``, made valid as a TensorFlow root name scope (no leading ``_`` or ``-``).
+
+    Example:
+        >>> _scope_safe("__net_layertap")
+        'net_layertap'
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.\-/>]", "_", name).lstrip("_-/>")
+    return safe or "model"

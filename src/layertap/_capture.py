@@ -22,14 +22,14 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import keras
 from keras import tree
 from keras.src import backend as keras_backend
 
-__all__ = ["Capture", "Event", "layer_paths", "tap", "trace"]
+__all__ = ["Capture", "Event", "TraceFailure", "layer_paths", "tap", "trace"]
 
 _ROOT_OUTPUT = "__layertap_root_output"
 
@@ -229,8 +229,91 @@ def has_inner_places(layer: Any) -> bool:
     return not type(layer).__module__.startswith("keras.")
 
 
+class TraceFailure(Exception):
+    """A root's ``call`` could not be traced, symbolically or on small concrete inputs."""
+
+
+# Sizes tried for the unknown (``None``) dimensions when a symbolic trace fails:
+# each pair runs the call twice, and output dimensions that differ between the
+# two runs are unknown (``None``) again. Small first: they are cheap, and they fit
+# tables sliced by sequence length (position embeddings) as well as images.
+_FILLS = ((4, 5), (16, 17), (64, 65))
+
+
+def _dense(x: Any) -> Any:
+    """A dense KerasTensor with ``x``'s shape and dtype; anything else unchanged."""
+    if isinstance(x, keras.KerasTensor) and (x.sparse or x.ragged):
+        return keras.KerasTensor(x.shape, dtype=x.dtype)
+    return x
+
+
+def _brief(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = next((line for line in lines if not line.startswith("Exception encountered")), "")
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def _record_all(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Session:
+    session = _Session(layer_paths(root), wanted=None)
+    with _intercept(root, session, targets=None):
+        root(*args, **kwargs)
+    return session
+
+
+def _trace_symbolic(
+    root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[Event, Any]]:
+    if not all(x.built for x in root._flatten_layers(include_self=True, recursive=True)):
+        # Build first, outside the trace: a build may call sublayers again.
+        keras_backend.compute_output_spec(lambda *a, **k: root(*a, **k), *args, **kwargs)
+    sessions: list[_Session] = []
+
+    def run(*a: Any, **k: Any) -> dict[str, Any]:
+        sessions.append(_record_all(root, a, k))
+        return dict(sessions[-1].values)
+
+    specs = keras_backend.compute_output_spec(run, *args, **kwargs)
+    return [(event, specs[event.key]) for event in sessions[-1].events()]
+
+
+def _trace_concrete(
+    root: Any, args: tuple[Any, ...], kwargs: dict[str, Any], fills: tuple[int, int]
+) -> list[tuple[Event, Any]]:
+    """Run ``root`` twice on zeros, unknown sizes filled in; merge the recorded shapes."""
+    runs = []
+    for batch, size in zip((1, 2), fills, strict=True):
+
+        def concrete(x: Any, batch: int = batch, size: int = size) -> Any:
+            if not isinstance(x, keras.KerasTensor):
+                return x
+            shape = [(batch if i == 0 else size) if d is None else d for i, d in enumerate(x.shape)]
+            return keras.ops.zeros(shape, dtype=x.dtype)
+
+        a, k = tree.map_structure(concrete, (args, kwargs))
+        session = _record_all(root, a, k)
+        runs.append((session.events(), session.values))
+    (events, first), (_, second) = runs
+    traced = []
+    for event in events:
+        if event.key not in second or len(first[event.key].shape) != len(second[event.key].shape):
+            continue  # the call took another path at the other size
+        x, y = first[event.key], second[event.key]
+        shape = tuple(
+            int(p) if int(p) == int(q) else None for p, q in zip(x.shape, y.shape, strict=True)
+        )
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        traced.append((event, keras.KerasTensor(shape, dtype=dtype)))
+    return traced
+
+
 def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Event, Any]]:
-    """Call ``root`` symbolically on KerasTensors; return every captured place and its spec.
+    """Call ``root`` on the specs of one call; return every captured place and its spec.
+
+    The specs are the graph's own (``args``/``kwargs`` of that call, made dense). A
+    symbolic trace comes first; when the backend cannot trace the code symbolically
+    (JAX's symbolic sizes and torch's placeholder size 83 break code that slices a
+    table by sequence length), the call runs on small zero inputs instead, with the
+    unknown sizes filled in. When both fail, :class:`TraceFailure` says why.
 
     Example:
         >>> class Block(keras.layers.Layer):
@@ -244,19 +327,20 @@ def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tupl
         >>> [(e.path, e.calls, s.shape) for e, s in trace(block, (keras.Input((2,)),), {})]
         [('proj', (0,), (None, 2)), ('proj', (1,), (None, 2))]
     """
-    if not all(x.built for x in root._flatten_layers(include_self=True, recursive=True)):
-        # Build first, outside the trace: a build may call sublayers again.
-        keras_backend.compute_output_spec(lambda *a, **k: root(*a, **k), *args, **kwargs)
-    session = _Session(layer_paths(root), wanted=None)
-
-    def run(*a: Any, **k: Any) -> dict[str, Any]:
-        session.reset()
-        with _intercept(root, session, targets=None):
-            root(*a, **k)
-        return dict(session.values)
-
-    specs = keras_backend.compute_output_spec(run, *args, **kwargs)
-    return [(event, specs[event.key]) for event in session.events()]
+    args, kwargs = tree.map_structure(_dense, (tuple(args), dict(kwargs)))
+    failures = []
+    try:
+        return _trace_symbolic(root, args, kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure of user code; reported below
+        failures.append(f"symbolic trace: {_brief(error)}")
+    specs = [x for x in tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
+    if any(d is None for x in specs for d in x.shape):
+        for fills in _FILLS:
+            try:
+                return _trace_concrete(root, args, kwargs, fills)
+            except Exception as error:  # noqa: BLE001
+                failures.append(f"run with unknown sizes = {fills[0]}: {_brief(error)}")
+    raise TraceFailure("; ".join(failures))
 
 
 @keras.saving.register_keras_serializable(package="layertap")
@@ -266,6 +350,9 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
     Args:
         layer: the root: a custom layer or a subclassed model.
         captures: ``(key, event)`` pairs, events as :func:`trace` reports them.
+        specs: ``{key: (shape, dtype)}`` of the captures, as the discovery trace found
+            them. With them, a symbolic call never re-traces the root (which may not
+            trace symbolically on this backend); without, it does.
 
     Example:
         >>> class Block(keras.layers.Layer):
@@ -283,16 +370,35 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         ['__layertap_root_output', 'p']
     """
 
-    def __init__(self, layer: Any, captures: list[tuple[str, Event]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        layer: Any,
+        captures: list[tuple[str, Event]],
+        specs: Mapping[str, tuple[tuple[int | None, ...], str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.layer = layer
         self._captures = tuple(captures)
+        self._specs = None if specs is None else {k: (tuple(s), d) for k, (s, d) in specs.items()}
         self._call_has_training_arg = getattr(layer, "_call_has_training_arg", False)
         # Worked out once: on torch, call() runs for every batch, not only at a trace.
         self._paths = tuple(layer_paths(layer).items())
         self._wanted = frozenset(event.key for _, event in self._captures)
         self._targets = frozenset(event.path for _, event in self._captures if event.path)
         self.built = True
+
+    def compute_output_spec(self, *args: Any, training: Any = None, **kwargs: Any) -> Any:
+        if self._specs is None:
+            return super().compute_output_spec(*args, training=training, **kwargs)
+        if training is not None and self._call_has_training_arg:
+            kwargs["training"] = training
+        result = {
+            key: keras.KerasTensor(self._specs[key][0], dtype=self._specs[key][1])
+            for key, _ in self._captures
+        }
+        result[_ROOT_OUTPUT] = self.layer.compute_output_spec(*args, **kwargs)
+        return result
 
     def call(self, *args: Any, training: Any = None, **kwargs: Any) -> dict[str, Any]:
         if training is not None and self._call_has_training_arg:
@@ -314,6 +420,11 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         config: dict[str, Any] = super().get_config()
         config["layer"] = keras.saving.serialize_keras_object(self.layer)
         config["captures"] = [[key, dataclasses.asdict(event)] for key, event in self._captures]
+        config["specs"] = (
+            None
+            if self._specs is None
+            else {k: [list(shape), dtype] for k, (shape, dtype) in self._specs.items()}
+        )
         return config
 
     @classmethod

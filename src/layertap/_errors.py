@@ -5,6 +5,7 @@ catches them all (the command line does exactly that)::
 
     LayertapError                 base: a user mistake, message says what is valid
     ├── LayerNotFoundError        a spec names no layer; close matches listed
+    │   └── UntracedLayerError    a spec reaches inside a layer whose call() did not trace
     ├── AmbiguousLayerError       a spec fits several places (names them, or the @k choices)
     ├── BadSpecError              a spec that is not an int, a name, a path or a glob
     ├── BadInputError             inputs that do not fit the model's inputs
@@ -27,6 +28,10 @@ class LayertapError(Exception):
 
 class LayerNotFoundError(LayertapError, LookupError):
     """A layer spec matches no tappable place."""
+
+
+class UntracedLayerError(LayerNotFoundError):
+    """A spec reaches inside a custom layer whose ``call()`` could not be traced."""
 
 
 class AmbiguousLayerError(LayertapError, LookupError):

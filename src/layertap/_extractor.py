@@ -10,9 +10,9 @@ import keras
 import numpy as np
 from keras import tree
 
-from layertap._build import build_model
+from layertap._build import build_model, needed_inputs
 from layertap._errors import BadInputError
-from layertap._graph import LayerInfo, walk
+from layertap._graph import LayerInfo, graph_input_specs, inner_graph, input_names, walk
 from layertap._resolve import Spec, resolve
 
 __all__ = ["Extractor", "TapInfo"]
@@ -84,6 +84,20 @@ class Extractor:
         self.model: keras.Model = build_model(
             model, self.places, name=f"{model.name}_layertap", input_shape=input_shape
         )
+        graph = inner_graph(model)
+        if graph is not None:
+            self._input_names = input_names(graph)
+            shapes = (
+                [x.shape for x in graph.inputs]
+                if input_shape is None
+                else [x.shape for x in graph_input_specs(graph, input_shape)]
+            )
+            self._needed = needed_inputs(graph, self.places)
+        else:
+            self._input_names = [t.name for t in self.model.inputs]
+            shapes = [x.shape for x in self.model.inputs]
+            self._needed = list(range(len(shapes)))
+        self._input_specs = [tuple(shape) for shape in shapes]
         if jit_compile != "auto":
             self.model.jit_compile = jit_compile
         outputs = self.model.output
@@ -101,46 +115,56 @@ class Extractor:
         taps = ", ".join(f"{k!r}: {v.path!r}" for k, v in self.outputs.items())
         return f"Extractor({self.source.name!r}, {{{taps}}})"
 
-    def _check_inputs(self, x: Any) -> Any:
-        """Raise :class:`BadInputError` when ``x`` does not fit the model's inputs."""
-        specs = self.model.inputs
-        names = [t.name for t in specs]
+    def _model_inputs(self, x: Any) -> Any:
+        """``x`` as the source model takes it -> what ``self.model`` takes.
+
+        Accepts what ``model(x)`` accepts: one array for a one-input model, a list in
+        input order, or a dict keyed by input name. Inputs that no tap needs may be
+        given (and are dropped); a name the model does not have is an error, like a
+        missing, misshapen or non-array input (:class:`BadInputError`).
+        """
+        names, specs = self._input_names, self._input_specs
         if isinstance(x, Mapping):
             unknown = sorted(set(x) - set(names))
-            missing = [n for n in names if n not in x]
+            missing = [n for i, n in enumerate(names) if n not in x and i in self._needed]
             if unknown or missing:
                 raise BadInputError(
                     f"input dict keys {sorted(x)!r} do not match the model's inputs "
                     f"{names!r} (unknown: {unknown!r}, missing: {missing!r})"
                 )
-            arrays = [x[n] for n in names]
+            arrays = {i: x[n] for i, n in enumerate(names) if i in self._needed}
         elif isinstance(x, list | tuple):
-            if len(x) != len(specs):
+            if len(x) != len(names):
                 raise BadInputError(
-                    f"got {len(x)} input arrays, but the model has {len(specs)} inputs: {names!r}"
+                    f"got {len(x)} input arrays, but the model has {len(names)} inputs: {names!r}"
                 )
-            arrays = list(x)
+            arrays = {i: x[i] for i in self._needed}
         else:
-            if len(specs) != 1:
+            if len(names) != 1:
                 raise BadInputError(
-                    f"got one input array, but the model has {len(specs)} inputs "
+                    f"got one input array, but the model has {len(names)} inputs "
                     f"{names!r}: pass a list in that order or a dict keyed by name"
                 )
-            arrays = [x]
-        for name, spec, array in zip(names, specs, arrays, strict=True):
+            arrays = {0: x}
+        for i, array in arrays.items():
             shape = _shape(array)
             if shape is None:
-                raise BadInputError(f"input {name!r} is a {type(array).__name__}, not an array")
-            want = tuple(spec.shape)
+                raise BadInputError(f"input {names[i]!r} is a {type(array).__name__}, not an array")
+            want = specs[i]
             fits = len(shape) == len(want) and all(
                 w is None or w == s for w, s in zip(want[1:], shape[1:], strict=True)
             )
             if not fits:
                 raise BadInputError(
-                    f"input {name!r} has shape {shape}, but the model expects "
+                    f"input {names[i]!r} has shape {shape}, but the model expects "
                     f"{want} (None: any size)"
                 )
-        return x
+        struct = self.model._inputs_struct
+        if isinstance(struct, dict):
+            return {names[i]: arrays[i] for i in self._needed}
+        if isinstance(struct, list | tuple):
+            return [arrays[i] for i in self._needed]
+        return arrays[self._needed[0]]
 
     def __call__(self, x: Any) -> dict[str, np.ndarray]:
         """Run one batch; return ``{key: array}``.
@@ -151,8 +175,7 @@ class Extractor:
             >>> Extractor(m, ["d"])(np.zeros((5, 4), "float32"))["d"].shape
             (5, 3)
         """
-        self._check_inputs(x)
-        out = self.model.predict_on_batch(x)
+        out = self.model.predict_on_batch(self._model_inputs(x))
         return {key: np.asarray(out[key]) for key in self.outputs}
 
     def predict(
@@ -172,8 +195,7 @@ class Extractor:
         if not (isinstance(x, Mapping | list | tuple) or _shape(x) is not None):
             out = self.model.predict(x, batch_size=batch_size, verbose=verbose)
             return {key: np.asarray(out[key]) for key in self.outputs}
-        self._check_inputs(x)
-        return self._predict_arrays(x, batch_size or 32, verbose)
+        return self._predict_arrays(self._model_inputs(x), batch_size or 32, verbose)
 
     def _predict_arrays(self, x: Any, batch_size: int, verbose: int | str) -> dict[str, np.ndarray]:
         """Batches through the compiled predict step, filling preallocated outputs.

@@ -24,8 +24,8 @@ import keras
 from keras import tree
 from keras.src.models.functional import Functional
 
-from layertap._capture import Event, has_inner_places, layer_paths, trace
-from layertap._errors import UnsupportedModelError
+from layertap._capture import Event, TraceFailure, has_inner_places, layer_paths, trace
+from layertap._errors import BadInputError, UnsupportedModelError
 
 __all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
 
@@ -56,6 +56,9 @@ class LayerInfo:
         depth: nesting depth, 0 for top-level layers.
         is_model: whether this place is a nested sub-model whose layers follow it.
         layer: the Keras layer object itself.
+        trace_error: why the places inside this custom layer could not be listed
+            (its ``call()`` failed to trace on this backend), else ``None``. The
+            layer's own output is tappable either way.
     """
 
     path: str
@@ -71,6 +74,7 @@ class LayerInfo:
     output_index: int | None = dataclasses.field(repr=False, compare=False)
     nodes: tuple[Any, ...] = dataclasses.field(repr=False, compare=False)
     event: Event | None = dataclasses.field(default=None, repr=False, compare=False)
+    trace_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -164,11 +168,47 @@ def _count_params(layer: Any) -> int:
         return 0
 
 
+@dataclasses.dataclass
+class _Walk:
+    """What one walk accumulates: the places found, and one trace per layer and specs."""
+
+    top_index: dict[int, int]
+    places: list[LayerInfo] = dataclasses.field(default_factory=list)
+    traces: dict[tuple[Any, ...], list[tuple[Event, Any]]] = dataclasses.field(default_factory=dict)
+    failures: dict[tuple[Any, ...], TraceFailure] = dataclasses.field(default_factory=dict)
+
+    def trace(self, root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """:func:`trace`, once per layer object and call signature (shapes, dtypes)."""
+        key = (id(root), _signature((args, kwargs)))
+        if key in self.failures:
+            raise self.failures[key]
+        if key not in self.traces:
+            try:
+                self.traces[key] = trace(root, args, kwargs)
+            except TraceFailure as failure:
+                self.failures[key] = failure
+                raise
+        return self.traces[key]
+
+
+def _signature(structure: Any) -> tuple[Any, ...]:
+    def one(x: Any) -> Any:
+        if isinstance(x, keras.KerasTensor):
+            return ("tensor", tuple(x.shape), str(x.dtype))
+        if x is None or isinstance(x, bool | int | float | str):
+            return x
+        return ("object", id(x))
+
+    return tuple(one(x) for x in tree.flatten(structure))
+
+
 def walk(model: Any, *, input_shape: Any = None) -> list[LayerInfo]:
     """Every tappable place of ``model``, in graph order, nested sub-models expanded.
 
     A model with its own ``call()`` has no graph: its sublayers are found by tracing
-    one symbolic call, on ``input_shape`` or the shape it was built with.
+    one symbolic call, on ``input_shape`` or the shape it was built with. For a graph
+    model, ``input_shape`` gives concrete input sizes for tracing custom layers whose
+    code needs them.
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
@@ -177,13 +217,93 @@ def walk(model: Any, *, input_shape: Any = None) -> list[LayerInfo]:
     """
     is_model = isinstance(model, keras.Model)
     top_index = {id(layer): i for i, layer in enumerate(model.layers)} if is_model else {}
-    places: list[LayerInfo] = []
-    if input_shape is None and inner_graph(model) is not None:
-        _walk_graph(graph_of(model), (), (), top_index, places)
-        return places
+    state = _Walk(top_index)
+    graph = inner_graph(model)
+    if graph is not None:
+        specs = None
+        if input_shape is not None:
+            inputs = graph_input_specs(graph, input_shape)
+            specs = dict(zip((id(x) for x in graph.inputs), inputs, strict=True))
+        _walk_graph(graph, (), (), state, specs)
+        return state.places
     inputs = root_inputs(model, input_shape)
-    _walk_root(model, (inputs,), {}, (), (), top_index, places)
-    return places
+    try:
+        _walk_root(model, (inputs,), {}, (), (), state)
+    except TraceFailure as failure:
+        raise UnsupportedModelError(
+            f"model {model.name!r} ({type(model).__name__}) defines its own call(), and "
+            f"tracing it failed ({failure}); pass input_shape= with concrete sizes "
+            "(the shape of one input batch, e.g. (None, 128))"
+        ) from None
+    return state.places
+
+
+def graph_input_specs(graph: Functional, input_shape: Any) -> list[Any]:
+    """KerasTensors for ``graph.inputs`` with the sizes in ``input_shape`` (batch left open).
+
+    ``input_shape`` is one shape for a one-input model, a list in input order, or a
+    dict keyed by input name.
+
+    Example:
+        >>> x = keras.Input((None, 4), name="x")
+        >>> m = keras.Model(x, keras.layers.Dense(2)(x))
+        >>> graph_input_specs(m, (None, 7, 4))[0].shape
+        (None, 7, 4)
+    """
+    names = input_names(graph)
+    if isinstance(input_shape, dict):
+        unknown = sorted(set(input_shape) - set(names))
+        missing = [n for n in names if n not in input_shape]
+        if unknown or missing:
+            raise BadInputError(
+                f"input_shape keys {sorted(input_shape)!r} do not match the model's inputs "
+                f"{names!r} (unknown: {unknown!r}, missing: {missing!r})"
+            )
+        shapes = [input_shape[n] for n in names]
+    elif _is_shape(input_shape) and len(names) == 1:
+        shapes = [input_shape]
+    elif isinstance(input_shape, list | tuple) and all(_is_shape(s) for s in input_shape):
+        shapes = list(input_shape)
+    else:
+        shapes = []
+    if len(shapes) != len(names):
+        raise BadInputError(
+            f"input_shape {input_shape!r} does not fit the model's inputs {names!r}: give "
+            "one shape per input (a tuple for one input, a list, or a dict by name)"
+        )
+    specs = []
+    for name, shape, x in zip(names, shapes, graph.inputs, strict=True):
+        want = tuple(x.shape)
+        shape = (None, *tuple(shape)[1:])
+        fits = len(shape) == len(want) and all(
+            w is None or w == d for w, d in zip(want, shape, strict=True)
+        )
+        if not fits:
+            raise BadInputError(
+                f"input_shape for input {name!r} is {shape}, but the model takes {want} "
+                "(None: any size)"
+            )
+        specs.append(keras.KerasTensor(shape, dtype=x.dtype))
+    return specs
+
+
+def input_names(graph: Functional) -> list[str]:
+    """The names of ``graph``'s inputs, in ``graph.inputs`` order (dict keys for a dict).
+
+    Example:
+        >>> a, b = keras.Input((2,), name="a"), keras.Input((2,), name="b")
+        >>> input_names(keras.Model({"b": b, "a": a}, keras.layers.Add()([a, b])))
+        ['a', 'b']
+    """
+    struct = graph._inputs_struct
+    if isinstance(struct, dict):
+        by_id = {id(x): key for key, x in struct.items()}
+        return [by_id.get(id(x), x.name) for x in graph.inputs]
+    return [x._keras_history.operation.name for x in graph.inputs]
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple | list) and all(d is None or isinstance(d, int) for d in x)
 
 
 def _is_layer(x: Any) -> bool:
@@ -212,13 +332,10 @@ def root_inputs(model: Any, input_shape: Any = None) -> Any:
             )
         input_shape = shapes[0]
 
-    def is_shape(x: Any) -> bool:
-        return isinstance(x, tuple | list) and all(d is None or isinstance(d, int) for d in x)
-
     def make(shape: Any) -> Any:
         return keras.KerasTensor((None, *tuple(shape)[1:]), dtype=model.compute_dtype)
 
-    if is_shape(input_shape):
+    if _is_shape(input_shape):
         return make(input_shape)
     return tree.map_shape_structure(make, input_shape)
 
@@ -229,11 +346,11 @@ def _walk_root(
     kwargs: dict[str, Any],
     prefix: tuple[Segment, ...],
     chain: tuple[Any, ...],
-    top_index: dict[int, int],
-    places: list[LayerInfo],
+    state: _Walk,
 ) -> None:
     """Add the places captured inside one call of ``root`` (a custom layer or model)."""
-    events = trace(root, args, kwargs)
+    events = state.trace(root, args, kwargs)
+    top_index, places = state.top_index, state.places
     layers = {path: layer for layer, path in _layers_by_path(root)}
     totals: dict[tuple[Any, ...], int] = {}  # calls of one layer or tap within its parent call
     for event, _ in events:
@@ -286,46 +403,94 @@ def _layers_by_path(root: Any) -> list[tuple[Any, str]]:
     return [(by_id[i], path) for i, path in layer_paths(root).items() if i in by_id]
 
 
+def _graph_specs(
+    graph: Functional, specs: dict[int, Any]
+) -> dict[int, tuple[tuple[Any, ...], dict[str, Any]]]:
+    """``{id(node): (args, kwargs)}`` with the shapes that follow from ``specs`` (inputs)."""
+    tensors = dict(specs)
+    calls = {}
+    for node in graph_nodes(graph):
+        if node.is_input:
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        calls[id(node)] = (args, kwargs)
+        outputs = node.operation.compute_output_spec(*args, **kwargs)
+        for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
+            tensors[id(x)] = y
+    return calls
+
+
 def _walk_graph(
     graph: Functional,
     prefix: tuple[Segment, ...],
     chain: tuple[Any, ...],
-    top_index: dict[int, int],
-    places: list[LayerInfo],
+    state: _Walk,
+    specs: dict[int, Any] | None = None,
 ) -> None:
+    """Add the places of ``graph``; ``specs`` maps its inputs to the sizes to trace with."""
     depth = len(prefix)
     members = {id(node) for node in graph_nodes(graph)}
+    calls = None if specs is None else _graph_specs(graph, specs)
     for layer in graph.operations:
-        if isinstance(layer, keras.layers.InputLayer) and (depth > 0 or id(layer) not in top_index):
+        if isinstance(layer, keras.layers.InputLayer) and (
+            depth > 0 or id(layer) not in state.top_index
+        ):
             continue  # an inner input is the outer tensor under another name
         nodes = calls_in(graph, layer, members)
         sub = inner_graph(layer)
         for k, node in enumerate(nodes):
             segments = (*prefix, Segment(layer.name, k, len(nodes)))
-            path = "/".join(str(s) for s in segments)
-            n_out = len(node.outputs)
-            for j, tensor in enumerate(node.outputs):
-                places.append(
-                    LayerInfo(
-                        path=path if n_out == 1 else f"{path}:{j}",
-                        index=top_index.get(id(layer)) if depth == 0 else None,
-                        class_name=type(layer).__name__,
-                        output_shape=tuple(tensor.shape),
-                        dtype=str(tensor.dtype),
-                        params=_count_params(layer),
-                        depth=depth,
-                        is_model=sub is not None,
-                        layer=layer,
-                        segments=segments,
-                        output_index=j if n_out > 1 else None,
-                        nodes=(*chain, node),
-                    )
-                )
-            if sub is not None:
-                _walk_graph(sub, segments, (*chain, node), top_index, places)
-            elif has_inner_places(layer):
+            first = len(state.places)
+            _add_call(layer, node, segments, chain, state, sub is not None)
+            if calls is None or node.is_input:
                 args, kwargs = node.arguments.args, node.arguments.kwargs
-                _walk_root(layer, args, kwargs, segments, (*chain, node), top_index, places)
+            else:
+                args, kwargs = calls[id(node)]
+            if sub is not None:
+                inner = None
+                if calls is not None:
+                    flat = tree.flatten(args)
+                    inner = dict(zip((id(x) for x in sub.inputs), flat, strict=False))
+                _walk_graph(sub, segments, (*chain, node), state, inner)
+            elif has_inner_places(layer):
+                try:
+                    _walk_root(layer, args, kwargs, segments, (*chain, node), state)
+                except TraceFailure as failure:
+                    state.places[first:] = [
+                        dataclasses.replace(p, trace_error=str(failure))
+                        for p in state.places[first:]
+                    ]
+
+
+def _add_call(
+    layer: Any,
+    node: Any,
+    segments: tuple[Segment, ...],
+    chain: tuple[Any, ...],
+    state: _Walk,
+    is_model: bool,
+) -> None:
+    """Add one place per output of one call of ``layer`` in a graph."""
+    depth = len(segments) - 1
+    n_out = len(node.outputs)
+    path = "/".join(str(s) for s in segments)
+    for j, tensor in enumerate(node.outputs):
+        state.places.append(
+            LayerInfo(
+                path=path if n_out == 1 else f"{path}:{j}",
+                index=state.top_index.get(id(layer)) if depth == 0 else None,
+                class_name=type(layer).__name__,
+                output_shape=tuple(tensor.shape),
+                dtype=str(tensor.dtype),
+                params=_count_params(layer),
+                depth=depth,
+                is_model=is_model,
+                layer=layer,
+                segments=segments,
+                output_index=j if n_out > 1 else None,
+                nodes=(*chain, node),
+            )
+        )
 
 
 def list_layers(
@@ -368,6 +533,9 @@ def _format_shape(shape: Sequence[int | None]) -> str:
 def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
     """The rows of :func:`summary`, one string per place.
 
+    A custom layer whose insides could not be traced has ``(!)`` after its class,
+    and a note under the table says why.
+
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> list(summary_lines(walk(m)))[-1].split()
@@ -377,7 +545,7 @@ def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
         (
             "" if p.index is None else str(p.index),
             "  " * p.depth + (p.path.rsplit("/", 1)[-1] if p.depth else p.path),
-            p.class_name,
+            p.class_name + (" (!)" if p.trace_error else ""),
             _format_shape(p.output_shape),
             f"{p.params:,}",
         )
@@ -390,6 +558,12 @@ def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
             cell.rjust(w) if i in (0, 4) else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
+    notes = {p.path.split(":")[0]: p.trace_error for p in places if p.trace_error}
+    if notes:
+        yield ""
+        yield "(!) places inside these layers could not be listed (their call() did not trace):"
+        for path, reason in notes.items():
+            yield f"    {path}: {reason}"
 
 
 def summary(model: Any, *, max_depth: int | None = None, input_shape: Any = None) -> str:

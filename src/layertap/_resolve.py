@@ -22,7 +22,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from layertap._errors import AmbiguousLayerError, BadSpecError, LayerNotFoundError
+from layertap._errors import (
+    AmbiguousLayerError,
+    BadSpecError,
+    LayerNotFoundError,
+    UntracedLayerError,
+)
 from layertap._graph import LayerInfo
 
 __all__ = ["Spec", "glob_match", "resolve", "resolve_one"]
@@ -79,6 +84,13 @@ def _single_call(spec: str, matches: list[LayerInfo]) -> list[LayerInfo]:
     else:
         why = f"it is found at {len(groups)} paths"
     raise AmbiguousLayerError(f"layer spec {spec!r} is ambiguous: {why}: {_quote_all(choices)}")
+
+
+def _untraced_note(places: Sequence[LayerInfo]) -> str:
+    paths = sorted({p.path.split(":")[0] for p in places if p.trace_error})
+    if not paths:
+        return ""
+    return f" (the insides of {_quote_all(paths, 3)} could not be traced, so are not listed)"
 
 
 def _resolve_index(spec: int, model: Any, places: Sequence[LayerInfo]) -> list[LayerInfo]:
@@ -161,8 +173,40 @@ def _explain_missing_segment(
             f"{calls} time{'s' if calls > 1 else ''} there: valid calls are "
             f"@0..@{calls - 1}"
         )
+    untraced = [
+        p
+        for p in places
+        if p.trace_error
+        and len(p.segments) == level
+        and all(
+            p.segments[i].name == n and (c is None or p.segments[i].call == c)
+            for i, (n, c, _) in enumerate(parsed[:level])
+        )
+    ]
+    if untraced:
+        raise untraced_error(spec, untraced[0])
     where = f"inside {prefix!r}" if prefix else "at the top level"
     raise _not_found(spec, places, f"layer path {spec!r}: no layer {name!r} {where}")
+
+
+def untraced_error(spec: str, place: LayerInfo) -> UntracedLayerError:
+    """The error for a spec that reaches inside a layer whose ``call()`` did not trace.
+
+    Example:
+        >>> import keras
+        >>> from layertap._graph import walk
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> p = dataclasses.replace(walk(m)[0], trace_error="ValueError: boom")
+        >>> str(untraced_error("d/inner", p)).split(";")[0]
+        "layer spec 'd/inner' reaches inside 'd' (Dense), whose call() could not be traced"
+    """
+    path = place.path.split(":")[0]
+    return UntracedLayerError(
+        f"layer spec {spec!r} reaches inside {path!r} ({place.class_name}), whose call() "
+        f"could not be traced; {place.trace_error}. Its own output {path!r} is tappable; "
+        "for the places inside it, pass input_shape= with concrete sizes (the shape of "
+        "one input batch, e.g. (None, 128), or a dict by input name)"
+    )
 
 
 def _segment_text(p: LayerInfo, i: int) -> str:
@@ -207,7 +251,9 @@ def _resolve_name(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
         return _single_call(spec, top)
     anywhere = [p for p in places if p.name == spec]
     if not anywhere:
-        raise _not_found(spec, places, f"no layer named {spec!r} in the model")
+        raise _not_found(
+            spec, places, f"no layer named {spec!r} in the model{_untraced_note(places)}"
+        )
     return _single_call(spec, anywhere)
 
 
@@ -233,7 +279,9 @@ def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[L
     if _GLOB_CHARS.search(spec):
         matches = glob_match(spec, places)
         if not matches:
-            raise LayerNotFoundError(f"glob {spec!r} matches no layer path; {_HINT}")
+            raise LayerNotFoundError(
+                f"glob {spec!r} matches no layer path; {_HINT}{_untraced_note(places)}"
+            )
         return matches
     if "/" in spec or "@" in spec or ":" in spec:
         return _resolve_path(spec, places)
