@@ -275,3 +275,92 @@ def test_subclassed_model_needs_a_shape(rng: np.random.Generator) -> None:
     ex = layertap.Extractor(net, ["stage@0/block@0/proj"], input_shape=(None, 5))
     data = rng.random((2, 5), dtype="float32")
     assert_close(ex(data)["stage@0/block@0/proj"], net.stage.block.proj(net.stem(data)))
+
+
+@keras.saving.register_keras_serializable(package="layertap_tests")
+class Windowed(layers.Layer):
+    """Needs a sequence length that is a multiple of 7, known at trace time (as windows do)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.proj = layers.Dense(4, name="proj")
+
+    def build(self, input_shape: tuple[int, ...]) -> None:
+        self.proj.build(input_shape)
+
+    def call(self, x: Any) -> Any:
+        n = x.shape[1]
+        if not isinstance(n, int) or n % 7:
+            raise ValueError(f"sequence length must be a multiple of 7, got {n}")
+        return keras.ops.relu(self.proj(x))
+
+    def compute_output_shape(self, shape: tuple[int, ...]) -> tuple[int | None, ...]:
+        return (*shape[:-1], 4)
+
+
+def test_a_layer_that_does_not_trace_sinks_nothing_else(rng: np.random.Generator) -> None:
+    x = keras.Input((None, 3), name="seq")
+    stem = layers.Dense(3, name="stem")(x)
+    win = Windowed(name="win")(stem)
+    model = keras.Model(x, layers.Dense(2, name="head")(GatedBlock(4, name="gated")(win)))
+    places = {p.path: p for p in layertap.list_layers(model)}
+    assert "multiple of 7" in str(places["win"].trace_error)
+    assert "win/proj" not in places
+    assert places["gated/gate"].trace_error is None  # the layers after it are listed
+    text = layertap.summary(model)
+    assert "Windowed (!)" in text
+    assert re.search(r"^    win: symbolic trace: ValueError: sequence length must", text, re.M)
+
+    data = rng.random((2, 14, 3), dtype="float32")
+    run = layertap.Extractor(model, ["win", "gated/gate", "head"])(data)
+    stem_out = to_numpy(model.get_layer("stem")(data))
+    win_out = to_numpy(model.get_layer("win")(stem_out))
+    assert_close(run["win"], win_out)
+    assert_close(run["gated/gate"], model.get_layer("gated").gate(win_out))
+    assert_close(run["head"], model.predict(data, verbose=0))
+
+    with pytest.raises(layertap.UntracedLayerError) as caught:
+        layertap.Extractor(model, ["win/proj"])
+    message = str(caught.value)
+    assert message.startswith(
+        "layer spec 'win/proj' reaches inside 'win' (Windowed), whose call() could not be "
+        "traced; symbolic trace: ValueError: sequence length must be a multiple of 7"
+    )
+    assert "input_shape= with concrete sizes" in message
+    with pytest.raises(layertap.LayerNotFoundError, match="the insides of 'win' could not"):
+        layertap.Extractor(model, ["win/*"])
+
+    # The remedy: concrete sizes to trace with.
+    ex = layertap.Extractor(model, {"p": "win/proj"}, input_shape=(None, 14, 3))
+    assert ex.outputs["p"].shape == (None, 14, 4)
+    assert_close(ex(data)["p"], model.get_layer("win").proj(stem_out))
+    with pytest.raises(layertap.BadInputError, match=re.escape("the model takes (None, None, 3)")):
+        layertap.list_layers(model, input_shape=(None, 14, 5))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_names_with_a_leading_underscore(rng: np.random.Generator, functional: bool) -> None:
+    """TensorFlow refuses '_x' as a root name scope; the feature model must not use one."""
+
+    class _Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = layers.Dense(3, name="_body")
+
+        def call(self, x: Any) -> Any:
+            return self.body(x)
+
+    data = rng.random((2, 5), dtype="float32")
+    if functional:
+        x = keras.Input((5,), name="_in")
+        model = keras.Model(x, layers.Dense(2, name="_out")(Twice(5, name="_twice")(x)), name="_m")
+        specs = ["_twice/block@1/proj", "_out"]
+    else:
+        model = _Net()
+        assert model.name == "__net"
+        specs = ["_body"]
+    ex = layertap.Extractor(model, specs, input_shape=None if functional else (None, 5))
+    run = ex(data)
+    assert_close(ex.predict(data)[specs[-1]], run[specs[-1]])
+    # model.predict itself fails on TensorFlow for such names (Keras's own scope); model(x) runs
+    assert_close(run[specs[-1]], model(data))

@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -248,7 +249,9 @@ def _dense(x: Any) -> Any:
 
 
 def _brief(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """The first line of ``error`` that says something (Keras wraps and colours them)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = next((line for line in lines if not line.startswith("Exception encountered")), "")
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
@@ -276,11 +279,11 @@ def _trace_symbolic(
     return [(event, specs[event.key]) for event in sessions[-1].events()]
 
 
-def _trace_concrete(
-    root: Any, args: tuple[Any, ...], kwargs: dict[str, Any], fills: tuple[int, int]
-) -> list[tuple[Event, Any]]:
-    """Run ``root`` twice on zeros, unknown sizes filled in; merge the recorded shapes."""
-    runs = []
+def _run_filled(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], fills: tuple[int, int]
+) -> list[Any]:
+    """Run ``fn`` twice on zeros: unknown sizes are (1, ``fills[0]``), then (2, ``fills[1]``)."""
+    results = []
     for batch, size in zip((1, 2), fills, strict=True):
 
         def concrete(x: Any, batch: int = batch, size: int = size) -> Any:
@@ -290,20 +293,53 @@ def _trace_concrete(
             return keras.ops.zeros(shape, dtype=x.dtype)
 
         a, k = tree.map_structure(concrete, (args, kwargs))
-        session = _record_all(root, a, k)
-        runs.append((session.events(), session.values))
-    (events, first), (_, second) = runs
+        results.append(fn(*a, **k))
+    return results
+
+
+def _merged_spec(x: Any, y: Any) -> Any:
+    """A KerasTensor for two runs' values: sizes that differ between them are ``None``."""
+    if len(x.shape) != len(y.shape):
+        return None
+    shape = tuple(
+        int(p) if int(p) == int(q) else None for p, q in zip(x.shape, y.shape, strict=True)
+    )
+    return keras.KerasTensor(shape, dtype=keras.backend.standardize_dtype(x.dtype))
+
+
+def _trace_concrete(
+    root: Any, args: tuple[Any, ...], kwargs: dict[str, Any], fills: tuple[int, int]
+) -> list[tuple[Event, Any]]:
+    """Record every place of ``root`` on two concrete runs; merge the shapes."""
+    first, second = _run_filled(lambda *a, **k: _record_all(root, a, k), args, kwargs, fills)
     traced = []
-    for event in events:
-        if event.key not in second or len(first[event.key].shape) != len(second[event.key].shape):
-            continue  # the call took another path at the other size
-        x, y = first[event.key], second[event.key]
-        shape = tuple(
-            int(p) if int(p) == int(q) else None for p, q in zip(x.shape, y.shape, strict=True)
-        )
-        dtype = keras.backend.standardize_dtype(x.dtype)
-        traced.append((event, keras.KerasTensor(shape, dtype=dtype)))
+    for event in first.events():
+        other = second.values.get(event.key)
+        spec = None if other is None else _merged_spec(first.values[event.key], other)
+        if spec is not None:  # else the call took another path at the other size
+            traced.append((event, spec))
     return traced
+
+
+def output_spec(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``layer.compute_output_spec``, or, where that fails, the merged shapes of concrete runs.
+
+    Example:
+        >>> output_spec(keras.layers.Dense(2), (keras.KerasTensor((None, 3)),), {}).shape
+        (None, 2)
+    """
+    try:
+        return layer.compute_output_spec(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - user code; retried on concrete inputs below
+        failure = error
+    args, kwargs = tree.map_structure(_dense, (tuple(args), dict(kwargs)))
+    for fills in _FILLS:
+        try:
+            first, second = _run_filled(layer, args, kwargs, fills)
+            return tree.map_structure(_merged_spec, first, second)
+        except Exception:  # noqa: BLE001, S112 - the next, larger sizes may work
+            continue
+    raise failure
 
 
 def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Event, Any]]:
@@ -397,7 +433,7 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
             key: keras.KerasTensor(self._specs[key][0], dtype=self._specs[key][1])
             for key, _ in self._captures
         }
-        result[_ROOT_OUTPUT] = self.layer.compute_output_spec(*args, **kwargs)
+        result[_ROOT_OUTPUT] = output_spec(self.layer, args, kwargs)
         return result
 
     def call(self, *args: Any, training: Any = None, **kwargs: Any) -> dict[str, Any]:
