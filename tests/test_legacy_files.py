@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -127,6 +128,30 @@ def test_savedmodel_through_tf_keras(tmp_path: Path) -> None:
     loaded = layertap.load_model(path)
     assert isinstance(loaded, keras.Model)
     check_against_tf_keras(loaded, legacy, "stem_bn", images())
+
+
+def test_cli_takes_a_savedmodel_directory(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from layertap.cli import cli
+
+    legacy = with_head(tiny_backbone(), "functional")
+    path = tmp_path / "saved"
+    legacy.save(path, save_format="tf")
+    listed = CliRunner().invoke(cli, ["layers", str(path), "--max-depth", "1"])
+    assert listed.exit_code == 0, listed.output
+    assert "stem_bn" in listed.output and "head" in listed.output
+    x = images(3)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "feats.h5"
+    args = ["extract", str(path), str(tmp_path / "x.npy"), "-l", "bn=backbone/stem_bn"]
+    result = CliRunner().invoke(cli, [*args, "-l", "head", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    backbone = legacy.get_layer("backbone")
+    oracle = tf_keras.Model(backbone.input, backbone.get_layer("stem_bn").output)
+    with h5py.File(out) as f:
+        assert_close(f["head"][:], legacy.predict(x, verbose=0))
+        assert_close(f["bn"][:], oracle.predict(x, verbose=0))
 
 
 def test_savedmodel_needs_tf_keras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

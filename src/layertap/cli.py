@@ -186,7 +186,7 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON record per layer instead of a table."
 )
@@ -228,6 +228,7 @@ def layers(
             "output_shape": list(p.output_shape),
             "dtype": p.dtype,
             "params": p.params,
+            "trace_error": p.trace_error,
         }
         for p in layertap.list_layers(m, max_depth=max_depth)
     ]
@@ -235,7 +236,7 @@ def layers(
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
 @click.option(
     "--layer",
