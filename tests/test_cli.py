@@ -163,6 +163,7 @@ def test_layers_json_lists_every_tappable_path(model_file: Path) -> None:
         "output_shape": [None, *SIZE, 4],
         "dtype": "float32",
         "params": 3 * 3 * 3 * 4 + 4,
+        "trace_error": None,
     }
     assert records[5]["index"] == 2
 
