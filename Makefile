@@ -22,6 +22,11 @@ TORCH := torch==2.13.0
 # files) requires the full `tensorflow` wheel; tensorflow-cpu provides the same module,
 # so the dev venv installs it without dependencies instead of a second TensorFlow.
 TF_KERAS := tf-keras==2.21.*
+# keras-hub (the `hub` extra; its backbones are in the tests) requires tensorflow-text,
+# which requires the full `tensorflow` wheel: as for tf-keras, install both without
+# dependencies and name keras-hub's other dependencies here.
+KERAS_HUB := 'keras-hub==0.32.*' 'tensorflow-text==2.21.*'
+KERAS_HUB_DEPS := absl-py regex rich 'kagglehub!=1.0.1' kagglesdk==0.1.28 sentencepiece tokenizers
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 
@@ -34,14 +39,15 @@ DEMO_OUT := demo-output/features.h5
 .venv: $(STAMP)
 
 # Re-runs when pyproject.toml changes (new dependencies or extras).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
 		|| { echo "layertap needs Python 3.10+; set PYTHON=python3.x" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install '$(TORCH)'
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
-	$(BIN)/python -m pip install --no-deps '$(TF_KERAS)'
+	$(BIN)/python -m pip install --no-deps '$(TF_KERAS)' $(KERAS_HUB)
+	$(BIN)/python -m pip install $(KERAS_HUB_DEPS)
 	touch $(STAMP)
 
 # The main job: tap five places (two inside the nested backbone) of the example model
