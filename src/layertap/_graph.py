@@ -17,6 +17,7 @@ the last segment takes ``:j`` when the call returns more than one tensor::
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -170,25 +171,52 @@ def _count_params(layer: Any) -> int:
 
 @dataclasses.dataclass
 class _Walk:
-    """What one walk accumulates: the places found, and one trace per layer and specs."""
+    """What one walk accumulates: the places found, and one trace per kind of layer call.
+
+    Transformer blocks repeat one layer class with one config dozens of times, and a
+    symbolic trace of a block costs most of a second on some backends; so a trace is
+    made once per (class, config, sublayer tree, input specs) and reused, its sublayer
+    paths renamed, by every twin of the layer traced first.
+    """
 
     top_index: dict[int, int]
     places: list[LayerInfo] = dataclasses.field(default_factory=list)
-    traces: dict[tuple[Any, ...], list[tuple[Event, Any]]] = dataclasses.field(default_factory=dict)
+    traces: dict[tuple[Any, ...], tuple[Any, list[tuple[Event, Any]]]] = dataclasses.field(
+        default_factory=dict
+    )
     failures: dict[tuple[Any, ...], TraceFailure] = dataclasses.field(default_factory=dict)
 
     def trace(self, root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """:func:`trace`, once per layer object and call signature (shapes, dtypes)."""
-        key = (id(root), _signature((args, kwargs)))
+        """:func:`trace`, once per kind of layer and call signature (shapes, dtypes)."""
+        key = (_kind(root), _signature((args, kwargs)))
         if key in self.failures:
             raise self.failures[key]
         if key not in self.traces:
             try:
-                self.traces[key] = trace(root, args, kwargs)
+                self.traces[key] = (root, trace(root, args, kwargs))
             except TraceFailure as failure:
                 self.failures[key] = failure
                 raise
-        return self.traces[key]
+        traced, events = self.traces[key]
+        if traced is root:
+            return events
+        rename = dict(zip(layer_paths(traced).values(), layer_paths(root).values(), strict=True))
+        return [(dataclasses.replace(e, path=rename[e.path]), spec) for e, spec in events]
+
+
+def _kind(layer: Any) -> tuple[Any, ...]:
+    """What decides a layer's trace besides its inputs: class, config, sublayer tree.
+
+    Layers whose config cannot be read are their own kind.
+    """
+    try:
+        config = dict(layer.get_config())
+        config.pop("name", None)
+        text = json.dumps(config, sort_keys=True, default=repr)
+    except Exception:  # noqa: BLE001 - any get_config failure: no twin for this layer
+        return ("layer", id(layer))
+    tree_of = tuple((path.count("/"), type(x).__name__) for x, path in _layers_by_path(layer))
+    return (type(layer), text, tree_of)
 
 
 def _signature(structure: Any) -> tuple[Any, ...]:
