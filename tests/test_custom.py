@@ -364,3 +364,6 @@ def test_names_with_a_leading_underscore(rng: np.random.Generator, functional: b
     assert_close(ex.predict(data)[specs[-1]], run[specs[-1]])
     # model.predict itself fails on TensorFlow for such names (Keras's own scope); model(x) runs
     assert_close(run[specs[-1]], model(data))
+    fresh = layers.Dense(1, name="fresh")  # a failed trace left no Keras name scope open
+    fresh.build((None, 2))
+    assert fresh.kernel.path == "fresh/kernel"

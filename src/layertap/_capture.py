@@ -256,6 +256,24 @@ def _brief(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+@contextlib.contextmanager
+def _scopes_restored() -> Iterator[None]:
+    """Put Keras's name-scope stack back as it was, even when a trace fails inside one.
+
+    A call that fails while TensorFlow refuses a scope name (``'_x' is not a valid root
+    scope name``) leaves Keras's scopes pushed, and every variable created afterwards
+    would get their prefix in its path.
+    """
+    from keras.src.backend.common import global_state
+
+    saved = global_state.get_global_attribute("name_scope_stack")
+    saved = None if saved is None else list(saved)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("name_scope_stack", saved)
+
+
 def _record_all(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Session:
     session = _Session(layer_paths(root), wanted=None)
     with _intercept(root, session, targets=None):
@@ -329,13 +347,15 @@ def output_spec(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> An
         (None, 2)
     """
     try:
-        return layer.compute_output_spec(*args, **kwargs)
+        with _scopes_restored():
+            return layer.compute_output_spec(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - user code; retried on concrete inputs below
         failure = error
     args, kwargs = tree.map_structure(_dense, (tuple(args), dict(kwargs)))
     for fills in _FILLS:
         try:
-            first, second = _run_filled(layer, args, kwargs, fills)
+            with _scopes_restored():
+                first, second = _run_filled(layer, args, kwargs, fills)
             return tree.map_structure(_merged_spec, first, second)
         except Exception:  # noqa: BLE001, S112 - the next, larger sizes may work
             continue
@@ -366,14 +386,16 @@ def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tupl
     args, kwargs = tree.map_structure(_dense, (tuple(args), dict(kwargs)))
     failures = []
     try:
-        return _trace_symbolic(root, args, kwargs)
+        with _scopes_restored():
+            return _trace_symbolic(root, args, kwargs)
     except Exception as error:  # noqa: BLE001 - any failure of user code; reported below
         failures.append(f"symbolic trace: {_brief(error)}")
     specs = [x for x in tree.flatten((args, kwargs)) if isinstance(x, keras.KerasTensor)]
     if any(d is None for x in specs for d in x.shape):
         for fills in _FILLS:
             try:
-                return _trace_concrete(root, args, kwargs, fills)
+                with _scopes_restored():
+                    return _trace_concrete(root, args, kwargs, fills)
             except Exception as error:  # noqa: BLE001
                 failures.append(f"run with unknown sizes = {fills[0]}: {_brief(error)}")
     raise TraceFailure("; ".join(failures))
