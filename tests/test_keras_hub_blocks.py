@@ -65,6 +65,7 @@ def block_calls(graph: keras.Model, layers: list[Any], inputs: Any) -> list[Call
 
 
 def block_call(graph: keras.Model, layer: Any, inputs: Any) -> Call:
+    """``block_calls`` for one layer."""
     (call,) = block_calls(graph, [layer], inputs)
     return call
 
@@ -347,6 +348,7 @@ ORACLES: dict[str, Callable[[keras.Model, Any], Oracle]] = {
 
 @pytest.mark.parametrize("name", list(ORACLES))
 def test_first_block_taps_match_hand_run_sublayers(name: str, rng: np.random.Generator) -> None:
+    """Every tap in the first block equals the hand-run sublayer; fused attention has no scores."""
     backbone, make_inputs = BACKBONES[name]()
     inputs = make_inputs(rng, BATCH)
     for key, array in inputs.items() if isinstance(inputs, dict) else []:
