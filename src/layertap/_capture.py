@@ -30,7 +30,7 @@ import keras
 from keras import tree
 from keras.src import backend as keras_backend
 
-__all__ = ["Capture", "Event", "TraceFailure", "layer_paths", "tap", "trace"]
+__all__ = ["Capture", "Event", "TraceFailure", "layer_paths", "output_spec", "tap", "trace"]
 
 _ROOT_OUTPUT = "__layertap_root_output"
 

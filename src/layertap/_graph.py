@@ -25,7 +25,14 @@ import keras
 from keras import tree
 from keras.src.models.functional import Functional
 
-from layertap._capture import Event, TraceFailure, has_inner_places, layer_paths, trace
+from layertap._capture import (
+    Event,
+    TraceFailure,
+    has_inner_places,
+    layer_paths,
+    output_spec,
+    trace,
+)
 from layertap._errors import BadInputError, UnsupportedModelError
 
 __all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
@@ -200,7 +207,10 @@ class _Walk:
         traced, events = self.traces[key]
         if traced is root:
             return events
-        rename = dict(zip(layer_paths(traced).values(), layer_paths(root).values(), strict=True))
+        old, new = list(layer_paths(traced).values()), list(layer_paths(root).values())
+        rename = dict(zip(old, new, strict=False))
+        if len(old) != len(new) or any(e.path not in rename for e, _ in events):
+            return trace(root, args, kwargs)  # the trees differ after all: not a twin
         return [(dataclasses.replace(e, path=rename[e.path]), spec) for e, spec in events]
 
 
@@ -442,7 +452,7 @@ def _graph_specs(
             continue
         args, kwargs = node.arguments.fill_in(tensors)
         calls[id(node)] = (args, kwargs)
-        outputs = node.operation.compute_output_spec(*args, **kwargs)
+        outputs = output_spec(node.operation, args, kwargs)
         for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
             tensors[id(x)] = y
     return calls
