@@ -72,7 +72,7 @@ def main() -> None:
     import numpy as np
 
     import layertap
-    from layertap._data import ImageSpec, expand_inputs, load_image
+    from layertap.io.data import ImageSpec, expand_inputs, load_image
 
     tmp = Path(tempfile.mkdtemp(prefix="layertap-bench-"))
     n_big = max(args.images, args.rss_large)

@@ -236,7 +236,7 @@ def test_extract_equals_the_extractor_on_the_same_batches(
     model_file: Path, images: list[Path], tmp_path: Path
 ) -> None:
     """The CLI adds nothing to the numbers: same as Extractor on layertap's own loading."""
-    from layertap._data import ImageSpec, load_image
+    from layertap.io.data import ImageSpec, load_image
 
     out = tmp_path / "f.npz"
     assert run("extract", model_file, *images, "-l", "relu", "-o", out).exit_code == 0

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import layertap
-from layertap._data import ImageSpec, expand_inputs, load_image, make_source
+from layertap.io.data import ImageSpec, expand_inputs, load_image, make_source
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 H, W = 8, 10

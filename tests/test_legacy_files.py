@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import layertap
-from layertap._load import load_custom_objects
+from layertap.graph.load import load_custom_objects
 from tests.conftest import Split, assert_close
 
 tf_keras: Any = pytest.importorskip("tf_keras")

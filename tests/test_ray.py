@@ -22,8 +22,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import layertap  # noqa: E402
-from layertap import _ray  # noqa: E402
 from layertap._errors import BadInputError, OutputError  # noqa: E402
+from layertap.engines import ray as _ray  # noqa: E402
 
 LAYERS = {"early": "conv1", "emb": "gap", "logits": "out"}
 POOL = {"*": "keep", "early": "avg"}

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
-from layertap._extractor import Extractor
 from layertap.cli import cli
+from layertap.graph.extractor import Extractor
 from tests.test_cli import build_model, write_images
 
 

@@ -9,8 +9,8 @@ import pytest
 from keras import layers
 
 import layertap
-from layertap._graph import walk
-from layertap._resolve import resolve
+from layertap.graph.resolve import resolve
+from layertap.graph.walk import walk
 
 
 def paths(model: keras.Model, layers_spec: object) -> list[str]:

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 import layertap
-from layertap._reduce import parse_pool_options, resolve_pool
-from layertap._write import parquet_schema
 from layertap.cli import cli
+from layertap.io.reduce import parse_pool_options, resolve_pool
+from layertap.io.write import parquet_schema
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -32,12 +32,12 @@ from layertap._errors import (
 )
 
 if TYPE_CHECKING:
-    from layertap._capture import tap
-    from layertap._engine import ExtractResult, Features, extract
-    from layertap._extractor import Extractor, TapInfo
-    from layertap._graph import LayerInfo, list_layers, summary
-    from layertap._load import load_model
-    from layertap._ray import FeatureMapper, extract_dataset, extract_parquet
+    from layertap.engines.local import ExtractResult, Features, extract
+    from layertap.engines.ray import FeatureMapper, extract_dataset, extract_parquet
+    from layertap.graph.capture import tap
+    from layertap.graph.extractor import Extractor, TapInfo
+    from layertap.graph.load import load_model
+    from layertap.graph.walk import LayerInfo, list_layers, summary
 
 try:
     __version__ = version("layertap")
@@ -45,19 +45,19 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 _LAZY = {
-    "extract": "layertap._engine",
-    "ExtractResult": "layertap._engine",
-    "Features": "layertap._engine",
-    "Extractor": "layertap._extractor",
-    "TapInfo": "layertap._extractor",
-    "LayerInfo": "layertap._graph",
-    "list_layers": "layertap._graph",
-    "summary": "layertap._graph",
-    "load_model": "layertap._load",
-    "tap": "layertap._capture",
-    "FeatureMapper": "layertap._ray",
-    "extract_dataset": "layertap._ray",
-    "extract_parquet": "layertap._ray",
+    "extract": "layertap.engines.local",
+    "ExtractResult": "layertap.engines.local",
+    "Features": "layertap.engines.local",
+    "Extractor": "layertap.graph.extractor",
+    "TapInfo": "layertap.graph.extractor",
+    "LayerInfo": "layertap.graph.walk",
+    "list_layers": "layertap.graph.walk",
+    "summary": "layertap.graph.walk",
+    "load_model": "layertap.graph.load",
+    "tap": "layertap.graph.capture",
+    "FeatureMapper": "layertap.engines.ray",
+    "extract_dataset": "layertap.engines.ray",
+    "extract_parquet": "layertap.engines.ray",
 }
 
 __all__ = [

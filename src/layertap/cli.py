@@ -105,8 +105,8 @@ def layer_specs(
         {'out': 'd', 'd': 'd'}
     """
     from layertap._errors import BadSpecError
-    from layertap._graph import walk
-    from layertap._resolve import resolve_one
+    from layertap.graph.resolve import resolve_one
+    from layertap.graph.walk import walk
 
     if all(alias is None for alias, _ in parsed):
         return [spec for _, spec in parsed]
@@ -162,7 +162,7 @@ def _model_options(f: Any) -> Any:
 
 def _load(model: Path, custom_objects: Sequence[str], unsafe: bool) -> Any:
     import layertap
-    from layertap import _load
+    from layertap.graph import load as _load
 
     objects: dict[str, Any] = {}
     loader = getattr(_load, "load_custom_objects", None)
@@ -362,9 +362,9 @@ def extract(
     import logging
 
     import layertap
-    from layertap._data import expand_inputs, resolve_preprocess
-    from layertap._reduce import parse_pool_options
-    from layertap._write import check_output
+    from layertap.io.data import expand_inputs, resolve_preprocess
+    from layertap.io.reduce import parse_pool_options
+    from layertap.io.write import check_output
 
     # Check what is cheap to check before the slow model load.
     parsed = parse_layer_options(layer_options)
@@ -377,7 +377,7 @@ def extract(
     expand_inputs(inputs)
     m = _load(model, custom_objects, unsafe)
     if engine == "ray":
-        from layertap._ray import run_extract
+        from layertap.engines.ray import run_extract
 
         rows, failed_inputs = run_extract(
             model,

@@ -4,7 +4,7 @@ Three public pieces, from the lowest level up:
 
 - :class:`FeatureMapper`, a callable class for ``Dataset.map_batches``: each actor
   loads the model once from a path or URI (a live model is never pickled), decodes
-  the batch's files with the local engine's :class:`~layertap._data.FileSource`
+  the batch's files with the local engine's :class:`~layertap.io.data.FileSource`
   (same EXIF turn, resize and preprocessing), runs one forward pass and applies the
   local reducers. It returns ``path``, ``_failed`` (``""``, or why the input was
   skipped) and one column per tap, named as in the local Parquet file.
@@ -12,7 +12,7 @@ Three public pieces, from the lowest level up:
   a lazy ``ray.data.Dataset`` of features out, with the actor pool's size, batch size
   and per-actor CPUs / GPUs as arguments.
 - :func:`extract_parquet`: the whole job, written to a directory of Parquet files
-  whose schema is the local engine's (:func:`~layertap._write.parquet_schema`);
+  whose schema is the local engine's (:func:`~layertap.io.write.parquet_schema`);
   :func:`run_extract` is the command line's entry (``--engine ray``).
 
 Output directory::
@@ -54,17 +54,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layertap._data import FileSource, ImageSpec, Preprocess, make_source, resolve_preprocess
 from layertap._errors import BadInputError, BadSpecError, OutputError
-from layertap._reduce import reduce, resolve_pool
-from layertap._write import RESERVED, parquet_schema, safe_names
+from layertap.io.data import FileSource, ImageSpec, Preprocess, make_source, resolve_preprocess
+from layertap.io.reduce import reduce, resolve_pool
+from layertap.io.write import RESERVED, parquet_schema, safe_names
 
 if TYPE_CHECKING:
     import ray.data
 
-    # Type hints only: layertap._resolve imports Keras, which a write task must not
+    # Type hints only: layertap.graph.resolve imports Keras, which a write task must not
     # import (it would start a backend in every worker that only writes Parquet).
-    from layertap._resolve import Spec
+    from layertap.graph.resolve import Spec
 
 __all__ = [
     "FAILED_COLUMN",
@@ -112,7 +112,7 @@ def _custom_objects(custom_objects: CustomObjects) -> dict[str, Any]:
         return {}
     if isinstance(custom_objects, Mapping):
         return dict(custom_objects)
-    from layertap._load import load_custom_objects
+    from layertap.graph.load import load_custom_objects
 
     objects: dict[str, Any] = {}
     for spec in custom_objects:
@@ -159,7 +159,7 @@ class FeatureMapper:
         preprocess, size, resize: as in :func:`layertap.extract`, when ``spec`` is None.
         pool: reducers as in :func:`layertap.extract`.
         custom_objects: ``{name: class}`` or specs for
-            :func:`~layertap._load.load_custom_objects` (``PATH.py``, ``module:attr``),
+            :func:`~layertap.graph.load.load_custom_objects` (``PATH.py``, ``module:attr``),
             loaded in each actor.
         safe_mode: passed to :func:`~layertap.load_model`.
         backend: the Keras backend the actor must use (default: the creating
@@ -201,7 +201,7 @@ class FeatureMapper:
                 os.environ["KERAS_BACKEND"] = backend
         import keras
 
-        from layertap._load import load_model
+        from layertap.graph.load import load_model
 
         if backend is not None and keras.backend.backend() != backend:
             raise BadInputError(
@@ -236,7 +236,7 @@ class FeatureMapper:
         pool: str | Mapping[str, str] | None,
         workers: int | None,
     ) -> None:
-        from layertap._extractor import Extractor
+        from layertap.graph.extractor import Extractor
 
         self.model = model
         self.extractor = Extractor(self.model, layers)
@@ -395,7 +395,7 @@ def _plan(
                 f"the Ray engine takes paths or a ray.data.Dataset with a 'path' column, "
                 f"not {type(inputs).__name__}"
             )
-        from layertap._load import load_model
+        from layertap.graph.load import load_model
 
         m = load_model(path, custom_objects=_custom_objects(custom_objects), safe_mode=safe_mode)
         source = make_source(
@@ -738,7 +738,7 @@ def extract_parquet(
         (99998, 2)
     """
     from layertap import __version__
-    from layertap._engine import run_fingerprint
+    from layertap.engines.local import run_fingerprint
 
     _need_ray()  # a clear error before any work when Ray is missing
     out_text = os.fspath(out)

@@ -60,7 +60,7 @@ import numpy as np
 from layertap._errors import OutputError
 
 if TYPE_CHECKING:
-    from layertap._extractor import TapInfo
+    from layertap.graph.extractor import TapInfo
 
 __all__ = [
     "RESERVED",

@@ -28,7 +28,7 @@ from layertap._errors import (
     LayerNotFoundError,
     UntracedLayerError,
 )
-from layertap._graph import LayerInfo
+from layertap.graph.walk import LayerInfo
 
 __all__ = ["Spec", "glob_match", "resolve", "resolve_one"]
 
@@ -194,7 +194,7 @@ def untraced_error(spec: str, place: LayerInfo) -> UntracedLayerError:
 
     Example:
         >>> import keras
-        >>> from layertap._graph import walk
+        >>> from layertap.graph.walk import walk
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> p = dataclasses.replace(walk(m)[0], trace_error="ValueError: boom")
         >>> str(untraced_error("d/inner", p)).split(";")[0]
@@ -235,7 +235,7 @@ def glob_match(pattern: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
 
     Example:
         >>> import keras
-        >>> from layertap._graph import walk
+        >>> from layertap.graph.walk import walk
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d1"),
         ...                       keras.layers.Dense(2, name="d2")])
         >>> [p.path for p in glob_match("d*", walk(m))]
@@ -262,7 +262,7 @@ def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[L
 
     Example:
         >>> import keras
-        >>> from layertap._graph import walk
+        >>> from layertap.graph.walk import walk
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> [p.path for p in resolve_one(-1, m, walk(m))]
         ['d']
@@ -297,7 +297,7 @@ def resolve(
 
     Example:
         >>> import keras
-        >>> from layertap._graph import walk
+        >>> from layertap.graph.walk import walk
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> list(resolve({"out": -1}, m, walk(m)))
         ['out']

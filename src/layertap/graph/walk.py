@@ -25,7 +25,8 @@ import keras
 from keras import tree
 from keras.src.models.functional import Functional
 
-from layertap._capture import (
+from layertap._errors import BadInputError, UnsupportedModelError
+from layertap.graph.capture import (
     Event,
     TraceFailure,
     has_inner_places,
@@ -33,7 +34,6 @@ from layertap._capture import (
     output_spec,
     trace,
 )
-from layertap._errors import BadInputError, UnsupportedModelError
 
 __all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
 
@@ -556,7 +556,7 @@ def list_layers(
     """
     places = walk(model, input_shape=input_shape)
     if pattern is not None:
-        from layertap._resolve import glob_match
+        from layertap.graph.resolve import glob_match
 
         places = glob_match(pattern, places)
     if max_depth is not None:

@@ -27,8 +27,8 @@ import keras
 from keras import tree
 from keras.src.models.functional import Functional
 
-from layertap._capture import ROOT_OUTPUT, Capture, Event
-from layertap._graph import (
+from layertap.graph.capture import ROOT_OUTPUT, Capture, Event
+from layertap.graph.walk import (
     LayerInfo,
     graph_input_specs,
     graph_nodes,
@@ -70,7 +70,7 @@ def needed_inputs(graph: Functional, places: Mapping[str, LayerInfo]) -> list[in
     """Positions in ``graph.inputs`` of the inputs that the taps in ``places`` depend on.
 
     Example:
-        >>> from layertap._graph import walk
+        >>> from layertap.graph.walk import walk
         >>> a, b = keras.Input((2,), name="a"), keras.Input((2,), name="b")
         >>> m = keras.Model([a, b], [keras.layers.Dense(1, name="da")(a), b])
         >>> needed_inputs(m, {p.path: p for p in walk(m) if p.path == "da"})
@@ -208,7 +208,7 @@ def build_model(
     model without a graph (its own ``call()``) runs whole, through :class:`Capture`.
 
     Example:
-        >>> from layertap._graph import walk
+        >>> from layertap.graph.walk import walk
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> built = build_model(m, {"d": walk(m)[0]}, name="taps")
         >>> built.output["d"].shape

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from layertap._data import Preprocess, Source, make_source
 from layertap._errors import BadSpecError
-from layertap._extractor import Extractor, TapInfo
-from layertap._reduce import reduce, reduced_shape, resolve_pool
-from layertap._resolve import Spec
+from layertap.graph.extractor import Extractor, TapInfo
+from layertap.graph.resolve import Spec
+from layertap.io.data import Preprocess, Source, make_source
+from layertap.io.reduce import reduce, reduced_shape, resolve_pool
 
 __all__ = ["ExtractResult", "Features", "extract", "model_fingerprint", "run_fingerprint"]
 
@@ -192,8 +192,8 @@ def extract(
         ((5, 3), ['array[0]', 'array[1]'])
     """
     from layertap import __version__
-    from layertap._load import load_model
-    from layertap._write import open_writer
+    from layertap.graph.load import load_model
+    from layertap.io.write import open_writer
 
     model_path: Path | None = None
     if isinstance(model, str | os.PathLike):

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 from keras import tree
 
-from layertap._build import build_model, needed_inputs
 from layertap._errors import BadInputError
-from layertap._graph import LayerInfo, graph_input_specs, inner_graph, input_names, walk
-from layertap._resolve import Spec, resolve
+from layertap.graph.build import build_model, needed_inputs
+from layertap.graph.resolve import Spec, resolve
+from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
 
 __all__ = ["Extractor", "TapInfo"]
 
