@@ -11,7 +11,8 @@ catches them all (the command line does exactly that)::
     ├── BadInputError             inputs that do not fit the model's inputs
     ├── UnsupportedModelError     a model layertap cannot walk (and why)
     ├── ModelLoadError            a model file that cannot be read (names the file)
-    └── OutputError               an output file that cannot or may not be written
+    ├── OutputError               an output file that cannot or may not be written
+    └── MissingDependencyError    an optional package is not installed (names the extra)
 
 Example:
     >>> import layertap
@@ -20,6 +21,9 @@ Example:
 """
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 
 class LayertapError(Exception):
@@ -56,3 +60,28 @@ class ModelLoadError(LayertapError, OSError):
 
 class OutputError(LayertapError, OSError):
     """An output path with an unknown suffix, that exists already, or cannot be written."""
+
+
+class MissingDependencyError(LayertapError, ImportError):
+    """An optional package a feature needs is not installed; names the extra to install."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module``, or raise :class:`MissingDependencyError` naming ``extra``.
+
+    Example:
+        >>> require("json", "core", "reading JSON").__name__
+        'json'
+        >>> require("no_such_module", "ray", "the Ray engine")
+        Traceback (most recent call last):
+        ...
+        layertap._errors.MissingDependencyError: the Ray engine needs the package \
+'no_such_module', which is not installed: pip install 'layertap[ray]'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs the package {module!r}, which is not installed: "
+            f"pip install 'layertap[{extra}]'"
+        ) from exc
