@@ -25,9 +25,10 @@ from typing import Any
 
 import keras
 from keras import tree
-from keras.src.models.functional import Functional
 
+from layertap.graph import keras_internals as ki
 from layertap.graph.capture import ROOT_OUTPUT, Capture, Event
+from layertap.graph.keras_internals import Functional
 from layertap.graph.walk import (
     LayerInfo,
     graph_input_specs,
@@ -60,7 +61,7 @@ def _fresh_inputs(graph: Functional, specs: list[Any] | None = None) -> list[Any
             batch_shape=(None, *(x if spec is None else spec).shape[1:]),
             dtype=x.dtype,
             sparse=bool(getattr(x, "sparse", False)),
-            name=x._keras_history.operation.name,
+            name=ki.history_operation(x).name,
         )
         for x, spec in zip(graph.inputs, specs or [None] * len(graph.inputs), strict=True)
     ]
@@ -81,12 +82,7 @@ def needed_inputs(graph: Functional, places: Mapping[str, LayerInfo]) -> list[in
         node = place.nodes[0]
         start.extend(node.parent_nodes if len(place.nodes) > 1 or place.event else [node])
     needed = _ancestors(start)
-    return [i for i, x in enumerate(graph.inputs) if id(_producer(x)) in needed]
-
-
-def _producer(tensor: Any) -> Any:
-    history = tensor._keras_history
-    return history.operation._inbound_nodes[history.node_index]
+    return [i for i, x in enumerate(graph.inputs) if id(ki.producing_node(x)) in needed]
 
 
 def _ancestors(start: list[Any]) -> set[int]:
@@ -192,11 +188,11 @@ def _rebuild(
     requests = list(requests)
     if with_outputs:
         for j, x in enumerate(graph.outputs):
-            history = x._keras_history
-            requests.append(_Request(_OUTPUT_KEY.format(j), (_producer(x),), history.tensor_index))
+            index = ki.history_tensor_index(x)
+            requests.append(_Request(_OUTPUT_KEY.format(j), (ki.producing_node(x),), index))
     inputs = _fresh_inputs(graph)
     outputs = _replay(graph, inputs, requests)
-    return keras.Model(tree.pack_sequence_as(graph._inputs_struct, inputs), outputs, name=name)
+    return keras.Model(tree.pack_sequence_as(ki.inputs_struct(graph), inputs), outputs, name=name)
 
 
 def build_model(
@@ -231,7 +227,7 @@ def build_model(
         inputs = _fresh_inputs(graph, specs)
         outputs = _replay(graph, inputs, requests)
         keep = needed_inputs(graph, taps)
-        struct = graph._inputs_struct
+        struct = ki.inputs_struct(graph)
         if isinstance(struct, dict):
             names = input_names(graph)
             model_inputs: Any = {names[i]: inputs[i] for i in keep}

@@ -28,7 +28,8 @@ from typing import Any
 
 import keras
 from keras import tree
-from keras.src import backend as keras_backend
+
+from layertap.graph import keras_internals as ki
 
 __all__ = ["Capture", "Event", "TraceFailure", "layer_paths", "output_spec", "tap", "trace"]
 
@@ -174,7 +175,7 @@ def layer_paths(root: Any) -> dict[int, str]:
     queue = [(root, "")]
     while queue:
         layer, prefix = queue.pop(0)
-        for child in getattr(layer, "_layers", ()):
+        for child in ki.tracked_layers(layer):
             if id(child) in paths or isinstance(child, keras.layers.InputLayer):
                 continue
             path = f"{prefix}/{child.name}" if prefix else child.name
@@ -193,7 +194,7 @@ def _intercept(root: Any, session: _Session, targets: set[str] | None) -> Iterat
         targets = {
             "/".join(t.split("/")[: i + 1]) for t in targets for i in range(t.count("/") + 1)
         }
-    layers = {id(x): x for x in root._flatten_layers(include_self=False, recursive=True)}
+    layers = {id(x): x for x in ki.flatten_layers(root, include_self=False)}
     wrapped = []
     for layer_id, path in session.paths.items():
         layer = layers.get(layer_id)
@@ -207,7 +208,7 @@ def _intercept(root: Any, session: _Session, targets: set[str] | None) -> Iterat
             session.end_call(__path, calls, slot, outputs)
             return outputs
 
-        object.__setattr__(layer, "call", functools.wraps(original)(call))
+        ki.patch_call(layer, functools.wraps(original)(call))
         wrapped.append(layer)
     token = _SESSIONS.set((*_SESSIONS.get(), session))
     try:
@@ -215,7 +216,7 @@ def _intercept(root: Any, session: _Session, targets: set[str] | None) -> Iterat
     finally:
         _SESSIONS.reset(token)
         for layer in wrapped:
-            del layer.__dict__["call"]
+            ki.unpatch_call(layer)
 
 
 def has_inner_places(layer: Any) -> bool:
@@ -225,7 +226,7 @@ def has_inner_places(layer: Any) -> bool:
         >>> has_inner_places(keras.layers.Dense(2))
         False
     """
-    if any(not isinstance(x, keras.layers.InputLayer) for x in getattr(layer, "_layers", ())):
+    if any(not isinstance(x, keras.layers.InputLayer) for x in ki.tracked_layers(layer)):
         return True
     return not type(layer).__module__.startswith("keras.")
 
@@ -264,14 +265,11 @@ def _scopes_restored() -> Iterator[None]:
     scope name``) leaves Keras's scopes pushed, and every variable created afterwards
     would get their prefix in its path.
     """
-    from keras.src.backend.common import global_state
-
-    saved = global_state.get_global_attribute("name_scope_stack")
-    saved = None if saved is None else list(saved)
+    saved = ki.name_scope_stack()
     try:
         yield
     finally:
-        global_state.set_global_attribute("name_scope_stack", saved)
+        ki.set_name_scope_stack(saved)
 
 
 def _record_all(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Session:
@@ -284,16 +282,16 @@ def _record_all(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Se
 def _trace_symbolic(
     root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> list[tuple[Event, Any]]:
-    if not all(x.built for x in root._flatten_layers(include_self=True, recursive=True)):
+    if not all(x.built for x in ki.flatten_layers(root, include_self=True)):
         # Build first, outside the trace: a build may call sublayers again.
-        keras_backend.compute_output_spec(lambda *a, **k: root(*a, **k), *args, **kwargs)
+        ki.compute_output_spec(lambda *a, **k: root(*a, **k), *args, **kwargs)
     sessions: list[_Session] = []
 
     def run(*a: Any, **k: Any) -> dict[str, Any]:
         sessions.append(_record_all(root, a, k))
         return dict(sessions[-1].values)
 
-    specs = keras_backend.compute_output_spec(run, *args, **kwargs)
+    specs = ki.compute_output_spec(run, *args, **kwargs)
     return [(event, specs[event.key]) for event in sessions[-1].events()]
 
 
@@ -439,7 +437,9 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         self.layer = layer
         self._captures = tuple(captures)
         self._specs = None if specs is None else {k: (tuple(s), d) for k, (s, d) in specs.items()}
-        self._call_has_training_arg = getattr(layer, "_call_has_training_arg", False)
+        # Keras passes ``training=`` to this wrapper exactly when it would to the root.
+        self._passes_training = ki.call_has_training_arg(layer)
+        ki.set_call_has_training_arg(self, self._passes_training)
         # Worked out once: on torch, call() runs for every batch, not only at a trace.
         self._paths = tuple(layer_paths(layer).items())
         self._wanted = frozenset(event.key for _, event in self._captures)
@@ -449,7 +449,7 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
     def compute_output_spec(self, *args: Any, training: Any = None, **kwargs: Any) -> Any:
         if self._specs is None:
             return super().compute_output_spec(*args, training=training, **kwargs)
-        if training is not None and self._call_has_training_arg:
+        if training is not None and self._passes_training:
             kwargs["training"] = training
         result = {
             key: keras.KerasTensor(self._specs[key][0], dtype=self._specs[key][1])
@@ -459,7 +459,7 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         return result
 
     def call(self, *args: Any, training: Any = None, **kwargs: Any) -> dict[str, Any]:
-        if training is not None and self._call_has_training_arg:
+        if training is not None and self._passes_training:
             kwargs["training"] = training
         session = _Session(dict(self._paths), set(self._wanted))
         with _intercept(self.layer, session, set(self._targets)):

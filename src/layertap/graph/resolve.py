@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -28,6 +27,7 @@ from layertap._errors import (
     LayerNotFoundError,
     UntracedLayerError,
 )
+from layertap.graph.pathglob import glob_match
 from layertap.graph.walk import LayerInfo
 
 __all__ = ["Spec", "glob_match", "resolve", "resolve_one"]
@@ -207,42 +207,6 @@ def untraced_error(spec: str, place: LayerInfo) -> UntracedLayerError:
         "for the places inside it, pass input_shape= with concrete sizes (the shape of "
         "one input batch, e.g. (None, 128), or a dict by input name)"
     )
-
-
-def _segment_text(p: LayerInfo, i: int) -> str:
-    text = str(p.segments[i])
-    if i == len(p.segments) - 1 and p.output_index is not None:
-        text += f":{p.output_index}"
-    return text
-
-
-def _glob_segments(pattern: list[str], p: LayerInfo, i: int) -> bool:
-    if not pattern:
-        return i == len(p.segments)
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        return any(_glob_segments(rest, p, j) for j in range(i, len(p.segments) + 1))
-    if i >= len(p.segments):
-        return False
-    return fnmatch.fnmatchcase(_segment_text(p, i), head) and _glob_segments(rest, p, i + 1)
-
-
-def glob_match(pattern: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
-    """The places whose canonical path matches ``pattern``, segment by segment.
-
-    ``*``, ``?`` and ``[...]`` match within one segment; ``**`` matches any number of
-    segments.
-
-    Example:
-        >>> import keras
-        >>> from layertap.graph.walk import walk
-        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d1"),
-        ...                       keras.layers.Dense(2, name="d2")])
-        >>> [p.path for p in glob_match("d*", walk(m))]
-        ['d1', 'd2']
-    """
-    parts = pattern.split("/")
-    return [p for p in places if _glob_segments(parts, p, 0)]
 
 
 def _resolve_name(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:

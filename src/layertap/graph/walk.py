@@ -23,9 +23,9 @@ from typing import Any
 
 import keras
 from keras import tree
-from keras.src.models.functional import Functional
 
 from layertap._errors import BadInputError, UnsupportedModelError
+from layertap.graph import keras_internals as ki
 from layertap.graph.capture import (
     Event,
     TraceFailure,
@@ -34,6 +34,8 @@ from layertap.graph.capture import (
     output_spec,
     trace,
 )
+from layertap.graph.keras_internals import Functional
+from layertap.graph.pathglob import glob_match
 
 __all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
 
@@ -51,6 +53,17 @@ class Segment:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Place:
+    """What build and resolve need of a place besides what :class:`LayerInfo` shows."""
+
+    layer: Any
+    segments: tuple[Segment, ...]
+    output_index: int | None
+    nodes: tuple[Any, ...]
+    event: Event | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """One tappable place of a model, as :func:`list_layers` reports it.
 
@@ -63,10 +76,19 @@ class LayerInfo:
         params: the layer's weight count (a sub-model counts all of its layers).
         depth: nesting depth, 0 for top-level layers.
         is_model: whether this place is a nested sub-model whose layers follow it.
-        layer: the Keras layer object itself.
         trace_error: why the places inside this custom layer could not be listed
             (its ``call()`` failed to trace on this backend), else ``None``. The
             layer's own output is tappable either way.
+
+    Read-only, and neither shown nor compared: ``name`` (the layer's own name),
+    ``layer`` (the Keras layer object itself), and what layertap itself uses to
+    find and build the place (``segments``, ``output_index``, ``nodes``, ``event``).
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> walk(m)[0]  # doctest: +NORMALIZE_WHITESPACE
+        LayerInfo(path='d', index=0, class_name='Dense', output_shape=(None, 2),
+                  dtype='float32', params=8, depth=0, is_model=False, trace_error=None)
     """
 
     path: str
@@ -77,17 +99,38 @@ class LayerInfo:
     params: int
     depth: int
     is_model: bool
-    layer: keras.layers.Layer = dataclasses.field(repr=False, compare=False)
-    segments: tuple[Segment, ...] = dataclasses.field(repr=False, compare=False)
-    output_index: int | None = dataclasses.field(repr=False, compare=False)
-    nodes: tuple[Any, ...] = dataclasses.field(repr=False, compare=False)
-    event: Event | None = dataclasses.field(default=None, repr=False, compare=False)
+    _place: _Place = dataclasses.field(repr=False, compare=False)
     trace_error: str | None = None
 
     @property
     def name(self) -> str:
         """The layer's own name (the last path segment without ``@k``)."""
-        return self.segments[-1].name
+        return self._place.segments[-1].name
+
+    @property
+    def layer(self) -> Any:
+        """The Keras layer object itself."""
+        return self._place.layer
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """Internal: the path as segments (name, call, number of calls)."""
+        return self._place.segments
+
+    @property
+    def output_index(self) -> int | None:
+        """Internal: which output of the call (``None`` when it has one)."""
+        return self._place.output_index
+
+    @property
+    def nodes(self) -> tuple[Any, ...]:
+        """Internal: the Keras nodes from the top-level graph down to this call."""
+        return self._place.nodes
+
+    @property
+    def event(self) -> Event | None:
+        """Internal: the captured call or tap inside a custom layer, else ``None``."""
+        return self._place.event
 
 
 def inner_graph(layer: Any) -> Functional | None:
@@ -102,9 +145,7 @@ def inner_graph(layer: Any) -> Functional | None:
     """
     if isinstance(layer, keras.Sequential):
         if type(layer).call is keras.Sequential.call:
-            functional = getattr(layer, "_functional", None)
-            if isinstance(functional, Functional):
-                return functional
+            return ki.sequential_graph(layer)
         return None
     if isinstance(layer, Functional) and type(layer).call is Functional.call:
         return layer
@@ -116,7 +157,7 @@ def graph_of(model: Any) -> Functional:
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-        >>> graph_of(m) is m._functional
+        >>> graph_of(m) is ki.sequential_graph(m)
         True
     """
     graph = inner_graph(model)
@@ -148,7 +189,7 @@ def graph_nodes(graph: Functional) -> list[Any]:
         >>> [n.operation.name for n in graph_nodes(graph_of(m))][-1] == m.layers[-1].name
         True
     """
-    by_depth = graph._nodes_by_depth
+    by_depth = ki.nodes_by_depth(graph)
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
@@ -164,7 +205,7 @@ def calls_in(graph: Functional, layer: Any, members: set[int] | None = None) -> 
     """
     if members is None:
         members = {id(node) for node in graph_nodes(graph)}
-    return [node for node in layer._inbound_nodes if id(node) in members]
+    return [node for node in ki.inbound_nodes(layer) if id(node) in members]
 
 
 def _count_params(layer: Any) -> int:
@@ -333,11 +374,11 @@ def input_names(graph: Functional) -> list[str]:
         >>> input_names(keras.Model({"b": b, "a": a}, keras.layers.Add()([a, b])))
         ['a', 'b']
     """
-    struct = graph._inputs_struct
+    struct = ki.inputs_struct(graph)
     if isinstance(struct, dict):
         by_id = {id(x): key for key, x in struct.items()}
         return [by_id.get(id(x), x.name) for x in graph.inputs]
-    return [x._keras_history.operation.name for x in graph.inputs]
+    return [ki.history_operation(x).name for x in graph.inputs]
 
 
 def _is_shape(x: Any) -> bool:
@@ -358,7 +399,7 @@ def root_inputs(model: Any, input_shape: Any = None) -> Any:
     if not isinstance(model, keras.Model):
         graph_of(model)  # raises the error for a non-model
     if input_shape is None:
-        shapes = list((getattr(model, "_build_shapes_dict", None) or {}).values())
+        shapes = list(ki.build_shapes(model).values())
         if len(shapes) != 1:
             if isinstance(model, keras.Sequential):
                 graph_of(model)  # raises the error for an unbuilt Sequential
@@ -427,17 +468,13 @@ def _walk_root(
                 params=params,
                 depth=depth,
                 is_model=event.kind == "call" and event.path in parents,
-                layer=layer,
-                segments=full,
-                output_index=event.output,
-                nodes=chain,
-                event=event,
+                _place=_Place(layer, full, event.output, chain, event),
             )
         )
 
 
 def _layers_by_path(root: Any) -> list[tuple[Any, str]]:
-    by_id = {id(x): x for x in root._flatten_layers(include_self=True, recursive=True)}
+    by_id = {id(x): x for x in ki.flatten_layers(root, include_self=True)}
     return [(by_id[i], path) for i, path in layer_paths(root).items() if i in by_id]
 
 
@@ -523,10 +560,7 @@ def _add_call(
                 params=_count_params(layer),
                 depth=depth,
                 is_model=is_model,
-                layer=layer,
-                segments=segments,
-                output_index=j if n_out > 1 else None,
-                nodes=(*chain, node),
+                _place=_Place(layer, segments, j if n_out > 1 else None, (*chain, node)),
             )
         )
 
@@ -556,8 +590,6 @@ def list_layers(
     """
     places = walk(model, input_shape=input_shape)
     if pattern is not None:
-        from layertap.graph.resolve import glob_match
-
         places = glob_match(pattern, places)
     if max_depth is not None:
         places = [p for p in places if p.depth <= max_depth]
