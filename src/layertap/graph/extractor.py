@@ -1,4 +1,9 @@
-"""The :class:`Extractor`: specs in, one multi-output model built once, features out."""
+"""Specs in, one multi-output model built once, features out.
+
+:func:`feature_model` is the building block: the ``keras.Model`` that runs every tap
+in one pass. :class:`Extractor` is the convenience on top: the same model, plus
+input checks, batching and numpy results.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ import numpy as np
 from keras import tree
 
 from layertap._errors import BadInputError
+from layertap.graph import keras_internals as ki
 from layertap.graph.build import build_model, needed_inputs
 from layertap.graph.resolve import Spec, resolve
 from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
 
-__all__ = ["Extractor", "TapInfo"]
+__all__ = ["Extractor", "TapInfo", "feature_model"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +46,50 @@ def _shape(x: Any) -> tuple[int | None, ...] | None:
     return None if shape is None else tuple(shape)
 
 
+Layers = Spec | Sequence[Spec] | Mapping[str, Spec]
+
+
+def _places_and_model(
+    model: keras.Model, layers: Layers, input_shape: Any
+) -> tuple[dict[str, LayerInfo], keras.Model]:
+    """Walk ``model`` once, resolve ``layers`` to ``{key: place}``, build the tap model."""
+    places = resolve(layers, model, walk(model, input_shape=input_shape))
+    built = build_model(model, places, name=f"{model.name}_layertap", input_shape=input_shape)
+    return places, built
+
+
+def feature_model(model: keras.Model, layers: Layers, *, input_shape: Any = None) -> keras.Model:
+    """A Functional ``keras.Model`` whose outputs are a dict of the tapped layers' outputs.
+
+    Like torchvision's ``create_feature_extractor``: the result re-calls the user's
+    layers (weights shared, never copied), runs one forward pass pruned after the
+    deepest tap, and takes only the inputs the taps need. Its outputs are keyed as
+    :attr:`Extractor.outputs` are: by alias for a dict of specs, by canonical path
+    for a list (see :func:`~layertap.list_layers` for every path). ``model`` is not
+    compiled or changed; its layers gain inbound nodes, as any Keras re-call adds,
+    while ``model.output`` and its config stay as they were.
+
+    Args:
+        model: a Functional or Sequential ``keras.Model``, or one with its own
+            ``call()`` (its taps are captured inside one call of it).
+        layers: a spec, a list of specs or a dict alias -> spec.
+        input_shape: for a model with its own ``call()`` that has not been built: the
+            shape of one input batch, e.g. ``(None, 32, 32, 3)``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
+        ...                       keras.layers.Dense(1, name="out")])
+        >>> fm = feature_model(m, {"h": "hidden", "y": -1})
+        >>> {key: x.shape for key, x in fm.output.items()}
+        {'h': (None, 3), 'y': (None, 1)}
+        >>> out = fm.predict_on_batch(np.ones((2, 4), "float32"))
+        >>> sorted((key, x.shape) for key, x in out.items())
+        [('h', (2, 3)), ('y', (2, 1))]
+    """
+    return _places_and_model(model, layers, input_shape)[1]
+
+
 class Extractor:
     """Tap any layers of a Keras graph model in one forward pass.
 
@@ -54,8 +104,9 @@ class Extractor:
             ``"auto"`` keeps Keras's default.
 
     Attributes:
-        model: the multi-output ``keras.Model`` (dict outputs) that runs the taps;
-            it shares the user's layers and can be saved, reloaded or called.
+        model: the multi-output ``keras.Model`` (dict outputs) that runs the taps, as
+            :func:`feature_model` builds it; it shares the user's layers and can be
+            saved, reloaded or called.
         outputs: ``{key: TapInfo}`` in result order.
         places: ``{key: LayerInfo}``, the place each key taps.
 
@@ -73,17 +124,15 @@ class Extractor:
     def __init__(
         self,
         model: keras.Model,
-        layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+        layers: Layers,
         *,
         input_shape: Any = None,
         jit_compile: bool | str = "auto",
     ) -> None:
         self.source = model
-        places = walk(model, input_shape=input_shape)
-        self.places: dict[str, LayerInfo] = resolve(layers, model, places)
-        self.model: keras.Model = build_model(
-            model, self.places, name=f"{model.name}_layertap", input_shape=input_shape
-        )
+        self.places: dict[str, LayerInfo]
+        self.model: keras.Model
+        self.places, self.model = _places_and_model(model, layers, input_shape)
         graph = inner_graph(model)
         if graph is not None:
             self._input_names = input_names(graph)
@@ -159,7 +208,7 @@ class Extractor:
                     f"input {names[i]!r} has shape {shape}, but the model expects "
                     f"{want} (None: any size)"
                 )
-        struct = self.model._inputs_struct
+        struct = ki.inputs_struct(self.model)
         if isinstance(struct, dict):
             return {names[i]: arrays[i] for i in self._needed}
         if isinstance(struct, list | tuple):
