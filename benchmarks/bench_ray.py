@@ -45,7 +45,7 @@ def main() -> None:
     import ray
 
     import layertap
-    from layertap import _ray
+    import layertap.ray as _ray
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="layertap-bench-ray-"))

@@ -22,8 +22,10 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 import layertap  # noqa: E402
+import layertap.ray as _ray  # noqa: E402
 from layertap._errors import BadInputError, OutputError  # noqa: E402
-from layertap.engines import ray as _ray  # noqa: E402
+from layertap.engines.ray import RayEngine  # noqa: E402
+from layertap.engines.run import ModelSource, Output, RayOptions, Run  # noqa: E402
 
 LAYERS = {"early": "conv1", "emb": "gap", "logits": "out"}
 POOL = {"*": "keep", "early": "avg"}
@@ -168,9 +170,17 @@ def test_run_extract_for_the_cli(
     model, images = files
     local = layertap.extract(str(model), [images], ["gap"], pool="keep")
     assert isinstance(local, layertap.Features)
-    rows, failed = _ray.run_extract(
-        model, [str(images)], ["gap"], tmp_path / "out", quiet=True, concurrency=1
+    run = Run(
+        ModelSource(str(model)),
+        [str(images)],
+        ["gap"],
+        output=Output(str(tmp_path / "out")),
+        engine="ray",
+        ray=RayOptions(concurrency=1),
+        progress=False,
     )
+    result = RayEngine().extract(run)
+    rows, failed = result.rows, result.failed
     assert ray.is_initialized()  # a Ray it did not start is left running
     assert rows == 9 and sorted(failed) == sorted(local.failed)
     table = pq.read_table(tmp_path / "out").to_pydict()

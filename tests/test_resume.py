@@ -169,7 +169,7 @@ def test_another_run_is_refused_and_left_untouched(
 
 CHILD = """
 import sys, time
-from layertap import _write
+from layertap.io import write as _write
 from layertap.cli import main
 
 original = _write.FeatureWriter.write

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import layertap
 from layertap.cli import cli
 from layertap.io.reduce import parse_pool_options, resolve_pool
-from layertap.io.write import parquet_schema
+from layertap.io.schema import TapSchema, parquet_schema
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -99,10 +99,16 @@ def test_each_writer_reads_back_equal_to_keras(
 
 
 def test_parquet_schema_is_one_function() -> None:
-    schema = parquet_schema(
-        {"a.b": ("a/b", "a/b", (2, 2), "float16"), "c": ("c", "gap", (3,), "float32")},
-        {"model": "m.keras"},
+    taps = TapSchema.build(
+        [("a/b", "a/b", (None, 2, 2), "float16"), ("c", "gap", (None, 3), "float32")],
+        {"a/b": "keep", "c": "avg"},
+        "parquet",
     )
+    assert [(c.name, c.shape, c.reducer) for c in taps] == [
+        ("a.b", (2, 2), "keep"),
+        ("c", (3,), "avg"),
+    ]
+    schema = parquet_schema(taps, {"model": "m.keras"})
     assert schema.names == ["path", "a.b", "c"]
     assert str(schema.field("a.b").type) == "fixed_size_list<item: float>[4]"
     assert schema.field("a.b").metadata[b"key"] == b"a/b"

@@ -34,9 +34,8 @@ from layertap._errors import (
 
 if TYPE_CHECKING:
     from layertap.engines.local import ExtractResult, Features, extract
-    from layertap.engines.ray import FeatureMapper, extract_dataset, extract_parquet
     from layertap.graph.capture import tap
-    from layertap.graph.extractor import Extractor, TapInfo
+    from layertap.graph.extractor import Extractor, TapInfo, feature_model
     from layertap.graph.load import load_model
     from layertap.graph.walk import LayerInfo, list_layers, summary
 
@@ -51,15 +50,15 @@ _LAZY = {
     "Features": "layertap.engines.local",
     "Extractor": "layertap.graph.extractor",
     "TapInfo": "layertap.graph.extractor",
+    "feature_model": "layertap.graph.extractor",
     "LayerInfo": "layertap.graph.walk",
     "list_layers": "layertap.graph.walk",
     "summary": "layertap.graph.walk",
     "load_model": "layertap.graph.load",
     "tap": "layertap.graph.capture",
-    "FeatureMapper": "layertap.engines.ray",
-    "extract_dataset": "layertap.engines.ray",
-    "extract_parquet": "layertap.engines.ray",
 }
+#: Names that moved to :mod:`layertap.ray`; still found here, with a DeprecationWarning.
+_MOVED_TO_RAY = frozenset({"FeatureMapper", "extract_dataset", "extract_parquet"})
 
 __all__ = [
     "AmbiguousLayerError",
@@ -67,7 +66,6 @@ __all__ = [
     "BadSpecError",
     "ExtractResult",
     "Extractor",
-    "FeatureMapper",
     "Features",
     "LayerInfo",
     "LayerNotFoundError",
@@ -80,8 +78,7 @@ __all__ = [
     "UntracedLayerError",
     "__version__",
     "extract",
-    "extract_dataset",
-    "extract_parquet",
+    "feature_model",
     "list_layers",
     "load_model",
     "summary",
@@ -91,6 +88,13 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Import the Keras-backed names on first use."""
+    if name in _MOVED_TO_RAY:
+        import warnings
+
+        warnings.warn(
+            f"layertap.{name} moved to layertap.ray.{name}", DeprecationWarning, stacklevel=2
+        )
+        return getattr(importlib.import_module("layertap.ray"), name)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'layertap' has no attribute {name!r}")

@@ -24,8 +24,6 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 
-_INT_SPEC = re.compile(r"^-?\d+$")
-
 
 def _error(message: str) -> None:
     click.echo(f"layertap: error: {' '.join(message.split())}", err=True)
@@ -73,20 +71,9 @@ def parse_layer_options(options: Sequence[str]) -> list[tuple[str | None, str | 
         >>> parse_layer_options(["emb=embedding", "-1"])
         [('emb', 'embedding'), (None, -1)]
     """
-    from layertap._errors import BadSpecError
+    from layertap.engines.run import LayerOptions
 
-    parsed: list[tuple[str | None, str | int]] = []
-    for text in options:
-        alias, sep, spec = text.partition("=")
-        if not sep:
-            alias, spec = "", text
-        elif not alias or not spec:
-            raise BadSpecError(
-                f"--layer {text!r} is malformed: expected SPEC or ALIAS=SPEC, both non-empty"
-            )
-        value: str | int = int(spec) if _INT_SPEC.match(spec) else spec
-        parsed.append((alias or None, value))
-    return parsed
+    return list(LayerOptions.parse(options).pairs)
 
 
 def layer_specs(
@@ -104,23 +91,9 @@ def layer_specs(
         >>> layer_specs([("out", "d"), (None, -1)], m)
         {'out': 'd', 'd': 'd'}
     """
-    from layertap._errors import BadSpecError
-    from layertap.graph.resolve import resolve_one
-    from layertap.graph.walk import walk
+    from layertap.engines.run import LayerOptions
 
-    if all(alias is None for alias, _ in parsed):
-        return [spec for _, spec in parsed]
-    places = walk(model)
-    layers: dict[str, str | int] = {}
-    for alias, spec in parsed:
-        keys = [alias] if alias is not None else [p.path for p in resolve_one(spec, model, places)]
-        for key in keys:
-            if key in layers:
-                raise BadSpecError(
-                    f"--layer output name {key!r} is given twice; use distinct aliases"
-                )
-            layers[key] = spec if alias is not None else key
-    return layers
+    return LayerOptions(tuple(parsed)).specs(model)
 
 
 def _quiet_backend_logs() -> None:
@@ -161,18 +134,9 @@ def _model_options(f: Any) -> Any:
 
 
 def _load(model: Path, custom_objects: Sequence[str], unsafe: bool) -> Any:
-    import layertap
-    from layertap.graph import load as _load
+    from layertap.engines.run import ModelSource
 
-    objects: dict[str, Any] = {}
-    loader = getattr(_load, "load_custom_objects", None)
-    for spec in custom_objects:
-        if loader is None:
-            raise click.UsageError(
-                "--custom-objects needs a newer layertap (_load.load_custom_objects)"
-            )
-        objects.update(loader(spec))
-    return layertap.load_model(model, custom_objects=objects, safe_mode=not unsafe)
+    return ModelSource(model, tuple(custom_objects), not unsafe).load()
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
@@ -307,28 +271,7 @@ def layers(
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Ray actors.")
 @click.option("--num-cpus", type=click.FloatRange(min=0), default=1.0, help="CPUs per actor.")
 @click.option("--num-gpus", type=click.FloatRange(min=0), default=0.0, help="GPUs per actor.")
-def extract(
-    model: Path,
-    inputs: tuple[str, ...],
-    layer_options: tuple[str, ...],
-    out: Path,
-    fmt: str | None,
-    batch_size: int,
-    pool_options: tuple[str, ...],
-    preprocess: str | None,
-    size: str | None,
-    resize: str,
-    workers: int | None,
-    custom_objects: tuple[str, ...],
-    unsafe: bool,
-    overwrite: bool,
-    quiet: bool,
-    engine: str,
-    address: str | None,
-    concurrency: int | None,
-    num_cpus: float,
-    num_gpus: float,
-) -> None:
+def extract(**flags: Any) -> None:
     """Run inputs through MODEL once and write the chosen layers' outputs to FILE.
 
     INPUT is an image file, a folder (read recursively, in sorted order), a glob
@@ -361,55 +304,13 @@ def extract(
     _quiet_backend_logs()
     import logging
 
-    import layertap
-    from layertap.io.data import expand_inputs, resolve_preprocess
-    from layertap.io.reduce import parse_pool_options
-    from layertap.io.write import check_output
+    from layertap.io.data import expand_inputs
 
-    # Check what is cheap to check before the slow model load.
-    parsed = parse_layer_options(layer_options)
-    pool = parse_pool_options(pool_options)
-    hw = _parse_size(size)
-    if preprocess is not None:
-        resolve_preprocess(preprocess)
-    if engine == "local":
-        check_output(out, fmt)
-    expand_inputs(inputs)
-    m = _load(model, custom_objects, unsafe)
-    if engine == "ray":
-        from layertap.engines.ray import run_extract
-
-        rows, failed_inputs = run_extract(
-            model,
-            list(inputs),
-            layer_specs(parsed, m),
-            out,
-            batch_size=batch_size,
-            preprocess=preprocess,
-            pool=pool,
-            size=hw,
-            resize=resize,
-            custom_objects=custom_objects,
-            safe_mode=not unsafe,
-            overwrite=overwrite,
-            quiet=quiet,
-            address=address,
-            concurrency=concurrency,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            meta={"model": str(model), "layers": list(layer_options)},
-        )
-        for path, reason in failed_inputs:
-            click.echo(f"layertap: skipped {path}: {reason}", err=True)
-        if not quiet:
-            failed_text = f", {len(failed_inputs)} failed" if failed_inputs else ""
-            click.echo(f"wrote {rows} rows{failed_text} to {out}/ (Parquet parts)")
-        if failed_inputs:
-            raise click.exceptions.Exit(EXIT_SOME_FAILED)
-        return
+    # Everything that is cheap to check is checked before the slow model load.
+    run = _run_from_flags(flags)
+    expand_inputs(run.inputs)
     # The CLI names skipped inputs itself; keep the library's log records off stderr.
     logging.getLogger("layertap").addHandler(logging.NullHandler())
-
     named: set[str] = set()
 
     def skipped(path: str, reason: str) -> None:
@@ -417,41 +318,66 @@ def extract(
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
 
     try:
-        result = layertap.extract(
-            m,
-            list(inputs),
-            layer_specs(parsed, m),
-            out,
-            batch_size=batch_size,
-            preprocess=preprocess,
-            pool=pool,
-            size=hw,
-            resize=resize,
-            format=fmt,
-            overwrite=overwrite,
-            workers=workers,
-            progress=False if quiet else None,
-            meta={"model": str(model), "layers": list(layer_options)},
-            on_failed=skipped,
-        )
+        result = _engine(run.engine).extract(run, skipped)
     except KeyboardInterrupt:
-        _error(f"interrupted; run the same command again to resume {out}")
+        _error(f"interrupted; run the same command again to resume {run.output.path}")
         sys.exit(130)
-    if not isinstance(result, layertap.ExtractResult):  # pragma: no cover (out is given)
-        raise TypeError(f"extract returned {type(result).__name__}")
     for path, reason in result.failed:  # failures recorded by an earlier, resumed run
         if path not in named:
             click.echo(f"layertap: skipped {path}: {reason}", err=True)
-    if not quiet:
-        shapes = ", ".join(f"{name} {_shape_text(shape)}" for name, shape in result.shapes.items())
-        failed = f", {len(result.failed)} failed" if result.failed else ""
-        if result.already_complete:
-            click.echo(f"{out} is complete already ({result.rows} rows{failed}); nothing to do")
-        else:
-            resumed = f" (resumed after {result.resumed})" if result.resumed else ""
-            click.echo(f"wrote {result.rows} rows{failed} to {out}{resumed}: {shapes}")
+    if not run.quiet:
+        click.echo(_summary(result, flags["out"], run.engine))
     if result.failed:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
+
+
+def _run_from_flags(flags: dict[str, Any]) -> Any:
+    """The :class:`~layertap.engines.run.Run` the ``extract`` flags describe (validated)."""
+    from layertap.engines.run import LayerOptions, ModelSource, Output, RayOptions, Run
+    from layertap.io.data import InputOptions
+    from layertap.io.reduce import parse_pool_options
+
+    f = flags
+    return Run(
+        ModelSource(f["model"], tuple(f["custom_objects"]), not f["unsafe"]),
+        list(f["inputs"]),
+        LayerOptions.parse(f["layer_options"]),
+        input=InputOptions(f["preprocess"], _parse_size(f["size"]), f["resize"], f["workers"]),
+        pool=parse_pool_options(f["pool_options"]),
+        batch_size=f["batch_size"],
+        output=Output(
+            str(f["out"]),
+            f["fmt"],
+            f["overwrite"],
+            {"model": str(f["model"]), "layers": list(f["layer_options"])},
+        ),
+        engine=f["engine"],
+        ray=RayOptions(f["address"], f["concurrency"], f["num_cpus"], f["num_gpus"]),
+        progress=False if f["quiet"] else None,
+    )
+
+
+def _engine(name: str) -> Any:
+    """The engine a run names: both take a run and return what they wrote."""
+    if name == "ray":
+        from layertap.engines.ray import RayEngine
+
+        return RayEngine()
+    from layertap.engines.local import LocalEngine
+
+    return LocalEngine()
+
+
+def _summary(result: Any, out: Path, engine: str) -> str:
+    """The closing line: rows, failures, where, and the datasets' shapes."""
+    failed = f", {len(result.failed)} failed" if result.failed else ""
+    if result.already_complete:
+        return f"{out} is complete already ({result.rows} rows{failed}); nothing to do"
+    resumed = f" (resumed after {result.resumed})" if result.resumed else ""
+    if engine == "ray":
+        return f"wrote {result.rows} rows{failed} to {out}/ (Parquet parts){resumed}"
+    shapes = ", ".join(f"{name} {_shape_text(shape)}" for name, shape in result.shapes.items())
+    return f"wrote {result.rows} rows{failed} to {out}{resumed}: {shapes}"
 
 
 def _shape_text(shape: tuple[int, ...] | None) -> str:

@@ -1,34 +1,50 @@
-"""Stage 9 (local), engine: inputs -> model -> reducers -> a file or arrays, in one loop.
+"""The local engine: inputs -> model -> reducers -> a file or arrays, in one loop.
 
-:func:`extract` is the whole job in one call. The loop runs on the calling thread;
-the data stage decodes images in worker threads a few batches ahead, so decoding
-overlaps the forward pass, and each batch is reduced and written (committed) before
-the next one, so memory is bounded by the batch size. A later engine (Ray Data)
-reuses the same stages and writes the same files.
+:func:`extract` is the whole job in one call; it builds a
+:class:`~layertap.engines.run.Run` and hands it to :class:`LocalEngine`. The loop
+runs on the calling thread; the data stage decodes images in worker threads a few
+batches ahead, so decoding overlaps the forward pass, and each batch is reduced and
+written (committed) before the next one, so memory is bounded by the batch size. The
+Ray engine (:mod:`layertap.engines.ray`) takes the same run and writes the same files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
-from layertap._errors import BadSpecError
-from layertap.graph.extractor import Extractor, TapInfo
-from layertap.graph.resolve import Spec
-from layertap.io.data import Preprocess, Source, make_source
-from layertap.io.reduce import reduce, reduced_shape, resolve_pool
+from layertap.engines.run import (
+    ModelSource,
+    Output,
+    Plan,
+    Run,
+    model_fingerprint,
+    plan,
+    run_fingerprint,
+)
+from layertap.io.data import Batch, InputOptions, Preprocess
+from layertap.io.reduce import reduce
+from layertap.io.write import FeatureWriter, open_writer
 
-__all__ = ["ExtractResult", "Features", "extract", "model_fingerprint", "run_fingerprint"]
+__all__ = [
+    "ExtractResult",
+    "Features",
+    "LocalEngine",
+    "extract",
+    "model_fingerprint",
+    "run_fingerprint",
+]
 
 log = logging.getLogger("layertap")
+
+OnFailed = Callable[[str, str], None] | None
 
 
 class Features(dict[str, np.ndarray]):
@@ -43,17 +59,17 @@ class Features(dict[str, np.ndarray]):
 
 @dataclasses.dataclass
 class ExtractResult:
-    """What :func:`extract` wrote to a file.
+    """What an engine wrote.
 
     Attributes:
-        path: the output file.
+        path: the output file (the Ray engine: its directory or URI).
         format: ``"hdf5"``, ``"npz"`` or ``"parquet"``.
-        rows: rows in the file.
+        rows: rows in the output.
         failed: ``(id, reason)`` for every input that was skipped.
         resumed: rows found from an interrupted run and kept.
         shapes: ``{dataset name: shape}``.
-        already_complete: the file was finished by an earlier run of the same job, and
-            nothing was done.
+        already_complete: the output was finished by an earlier run of the same job,
+            and nothing was done.
     """
 
     path: Path
@@ -63,58 +79,6 @@ class ExtractResult:
     resumed: int
     shapes: dict[str, tuple[int, ...]]
     already_complete: bool = False
-
-
-def model_fingerprint(model: Any, path: Path | None) -> str:
-    """A hash of the model file's bytes, or of an in-memory model's weights.
-
-    Example:
-        >>> import keras
-        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        >>> len(model_fingerprint(m, None))
-        64
-    """
-    h = hashlib.sha256()
-    if path is not None:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-    h.update(model.name.encode())
-    for w in model.weights:
-        h.update(w.path.encode())
-        h.update(np.ascontiguousarray(np.asarray(w.numpy())).data)
-    return h.hexdigest()
-
-
-def run_fingerprint(
-    model: Any,
-    model_path: Path | None,
-    layers: Mapping[str, str],
-    reducers: Mapping[str, str],
-    preprocessing: Any,
-    inputs: str | None,
-) -> dict[str, Any] | None:
-    """What makes two runs the same run: model, taps, reducers, preprocessing, inputs.
-
-    ``None`` when the inputs cannot be fingerprinted (an iterable), so the run cannot
-    resume. Every engine records this, so their outputs can be compared.
-
-    Example:
-        >>> import keras
-        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
-        >>> sorted(run_fingerprint(m, None, {"d": "d"}, {"d": "keep"}, {}, "abc"))
-        ['inputs', 'model', 'pool', 'preprocessing', 'taps']
-    """
-    if inputs is None:
-        return None
-    return {
-        "model": model_fingerprint(model, model_path),
-        "taps": dict(layers),
-        "pool": dict(reducers),
-        "preprocessing": preprocessing,
-        "inputs": inputs,
-    }
 
 
 def _progress_bar(total: int | None, initial: int, show: bool | None) -> Any:
@@ -133,10 +97,165 @@ def _progress_bar(total: int | None, initial: int, show: bool | None) -> Any:
     )
 
 
+def _report(batch: Batch, on_failed: OnFailed) -> None:
+    for item in batch.failed:
+        if on_failed is not None:
+            on_failed(*item)
+        log.warning("skipped %s: %s", *item)
+
+
+def _forward(p: Plan, x: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: reduce(p.reducers[key], value) for key, value in p.extractor(x).items()}
+
+
+class LocalEngine:
+    """Runs a :class:`~layertap.engines.run.Run` on this process (decoding in threads).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from layertap.engines.run import ModelSource
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> run = Run(ModelSource(m), np.ones((4, 3), "float32"), ["d"])
+        >>> LocalEngine().features(run)["d"].shape
+        (4, 2)
+    """
+
+    name = "local"
+
+    def features(self, run: Run, on_failed: OnFailed = None) -> Features:
+        """Run to arrays in memory."""
+        p = plan(run.replace(output=Output(meta=run.output.meta)))
+        try:
+            return _to_memory(p, on_failed)
+        finally:
+            p.close()
+
+    def extract(self, run: Run, on_failed: OnFailed = None) -> ExtractResult:
+        """Run to ``run.output``'s file; resume it, or leave it when it is complete."""
+        p = plan(run)
+        try:
+            writer = open_writer(
+                run.output.path or "",
+                p.schema,
+                p.attributes(),
+                fingerprint=p.fingerprint,
+                overwrite=run.output.overwrite,
+                format=run.output.format,
+            )
+            already_complete = writer.complete
+            if writer.resumed and not writer.complete:
+                log.info("resuming %s after %d rows", writer.path, writer.resumed)
+            _to_writer(p, writer, on_failed)
+        finally:
+            p.close()
+        return ExtractResult(
+            writer.path,
+            writer.format,
+            writer.rows,
+            writer.failed,
+            writer.resumed,
+            writer.shapes,
+            already_complete,
+        )
+
+
+def _to_writer(p: Plan, writer: FeatureWriter, on_failed: OnFailed) -> None:
+    """Every batch from the writer's progress on, each committed; the file finished."""
+    if p.source is None:  # pragma: no cover (the local engine always opens its inputs)
+        raise RuntimeError("a local run needs its inputs opened")
+    try:
+        if not writer.complete:
+            with _progress_bar(p.source.total, writer.inputs_done, p.run.progress) as bar:
+                for batch in p.source.batches(start=writer.inputs_done):
+                    _report(batch, on_failed)
+                    feats = _forward(p, batch.x) if len(batch.ids) else {}
+                    writer.write(batch.ids, feats, batch.failed, batch.end)
+                    bar.update(batch.end - bar.n)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _to_memory(p: Plan, on_failed: OnFailed) -> Features:
+    if p.source is None:  # pragma: no cover (the local engine always opens its inputs)
+        raise RuntimeError("a local run needs its inputs opened")
+    parts: dict[str, list[np.ndarray]] = {c.key: [] for c in p.schema}
+    ids: list[str] = []
+    failed: list[tuple[str, str]] = []
+    with _progress_bar(p.source.total, 0, p.run.progress) as bar:
+        for batch in p.source.batches():
+            _report(batch, on_failed)
+            failed.extend(batch.failed)
+            if batch.ids:
+                for key, value in _forward(p, batch.x).items():
+                    parts[key].append(value)
+                ids.extend(batch.ids)
+            bar.update(batch.end - bar.n)
+    result = Features()
+    for c in p.schema:
+        if parts[c.key]:
+            result[c.key] = np.concatenate(parts[c.key])
+        else:
+            result[c.key] = np.zeros((0, *c.dims), c.dtype)
+    result["paths"] = np.array(ids, dtype=str)
+    result.failed = failed
+    return result
+
+
+LayerSpecs = Any  # a spec, a list of specs, or a dict alias -> spec
+
+
+@overload
 def extract(
     model: Any,
     inputs: Any,
-    layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+    layers: LayerSpecs,
+    out: None = None,
+    *,
+    batch_size: int = ...,
+    preprocess: str | Preprocess | None = ...,
+    pool: str | Mapping[str, str] | None = ...,
+    size: tuple[int, int] | None = ...,
+    resize: str = ...,
+    format: str | None = ...,
+    overwrite: bool = ...,
+    workers: int | None = ...,
+    progress: bool | None = ...,
+    custom_objects: Mapping[str, Any] | Sequence[str] | None = ...,
+    safe_mode: bool = ...,
+    meta: Mapping[str, Any] | None = ...,
+    on_failed: OnFailed = ...,
+) -> Features: ...
+
+
+@overload
+def extract(
+    model: Any,
+    inputs: Any,
+    layers: LayerSpecs,
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = ...,
+    preprocess: str | Preprocess | None = ...,
+    pool: str | Mapping[str, str] | None = ...,
+    size: tuple[int, int] | None = ...,
+    resize: str = ...,
+    format: str | None = ...,
+    overwrite: bool = ...,
+    workers: int | None = ...,
+    progress: bool | None = ...,
+    custom_objects: Mapping[str, Any] | Sequence[str] | None = ...,
+    safe_mode: bool = ...,
+    meta: Mapping[str, Any] | None = ...,
+    on_failed: OnFailed = ...,
+) -> ExtractResult: ...
+
+
+def extract(
+    model: Any,
+    inputs: Any,
+    layers: LayerSpecs,
     out: str | os.PathLike[str] | None = None,
     *,
     batch_size: int = 32,
@@ -148,15 +267,18 @@ def extract(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool | None = None,
-    custom_objects: Mapping[str, Any] | None = None,
+    custom_objects: Mapping[str, Any] | Sequence[str] | None = None,
     safe_mode: bool = True,
     meta: Mapping[str, Any] | None = None,
-    on_failed: Callable[[str, str], None] | None = None,
+    on_failed: OnFailed = None,
 ) -> Features | ExtractResult:
     """Run ``inputs`` through ``model`` once; return the taps' features or write them.
 
+    Wide because it is the public entry point: its keyword options become one
+    :class:`~layertap.engines.run.Run`, which is what travels inside.
+
     Args:
-        model: a ``keras.Model`` or a model file (``.keras``, ``.h5``).
+        model: a ``keras.Model`` or a model file (``.keras``, ``.h5``, a SavedModel).
         inputs: image files, folders, globs, ``.txt``/``.csv`` lists, ``.npy`` files
             (a path or a list of them); a numpy array; an iterable of batches, a
             ``tf.data.Dataset`` or a ``keras.utils.PyDataset``.
@@ -175,13 +297,14 @@ def extract(
             the same run is resumed, or left as it is when finished).
         workers: decoding threads (default: min(8, CPUs)).
         progress: show a progress bar (default: when stderr is a terminal).
-        custom_objects, safe_mode: passed to :func:`~layertap.load_model`.
+        custom_objects, safe_mode: passed to :func:`~layertap.load_model`
+            (``custom_objects`` may also list ``PATH.py`` / ``module:attr`` specs).
         meta: extra attributes stored in the file.
         on_failed: called with ``(id, reason)`` for each input skipped.
 
     Returns:
         :class:`Features` (a dict with ``paths``) when ``out`` is None, else an
-        :class:`ExtractResult`.
+        :class:`ExtractResult` (the overloads tell a type checker which).
 
     Example:
         >>> import keras, numpy as np
@@ -191,126 +314,18 @@ def extract(
         >>> f["c"].shape, f["paths"][:2].tolist()
         ((5, 3), ['array[0]', 'array[1]'])
     """
-    from layertap import __version__
-    from layertap.graph.load import load_model
-    from layertap.io.write import open_writer
-
-    model_path: Path | None = None
-    if isinstance(model, str | os.PathLike):
-        model_path = Path(model)
-        model = load_model(model_path, custom_objects=custom_objects, safe_mode=safe_mode)
-    ex = Extractor(model, layers)
-    keys = list(ex.outputs)
-    reducers = resolve_pool(pool, keys)
-    if out is None and "paths" in keys:
-        raise BadSpecError("an output named 'paths' clashes with the row ids; use another alias")
-    source = make_source(
+    run = Run(
+        ModelSource(model, custom_objects or (), safe_mode),
         inputs,
-        model,
+        layers,
+        input=InputOptions(preprocess, size, resize, workers),
+        pool=pool,
         batch_size=batch_size,
-        preprocess=preprocess,
-        size=size,
-        resize=resize,
-        workers=workers,
+        output=Output(
+            os.fspath(out) if out is not None else None, format, overwrite, dict(meta or {})
+        ),
+        progress=progress,
     )
-    taps = {
-        key: TapInfo(key, info.path, reduced_shape(reducers[key], info.shape), info.dtype)
-        for key, info in ex.outputs.items()
-    }
-    try:
-        if out is None:
-            return _to_memory(ex, source, taps, reducers, progress, on_failed)
-        fingerprint = run_fingerprint(
-            model,
-            model_path,
-            {k: t.path for k, t in taps.items()},
-            reducers,
-            source.preprocessing,
-            source.fingerprint,
-        )
-        attrs = {
-            "model": str(model_path) if model_path is not None else model.name,
-            "layers": {k: t.path for k, t in taps.items()},
-            "pool": reducers,
-            "preprocessing": source.preprocessing,
-            "layertap_version": __version__,
-            **(meta or {}),
-        }
-        writer = open_writer(
-            out,
-            taps,
-            attrs,
-            fingerprint=fingerprint,
-            overwrite=overwrite,
-            format=format,
-            pool=reducers,
-        )
-        already_complete = writer.complete
-        if writer.resumed and not writer.complete:
-            log.info("resuming %s after %d rows", out, writer.resumed)
-        try:
-            if not writer.complete:
-                bar = _progress_bar(source.total, writer.inputs_done, progress)
-                with bar:
-                    for batch in source.batches(start=writer.inputs_done):
-                        for item in batch.failed:
-                            if on_failed is not None:
-                                on_failed(*item)
-                            log.warning("skipped %s: %s", *item)
-                        feats = _run(ex, batch.x, reducers) if len(batch.ids) else {}
-                        writer.write(batch.ids, feats, batch.failed, batch.end)
-                        bar.update(batch.end - bar.n)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        return ExtractResult(
-            writer.path,
-            writer.format,
-            writer.rows,
-            writer.failed,
-            writer.resumed,
-            writer.shapes,
-            already_complete,
-        )
-    finally:
-        source.close()
-
-
-def _run(ex: Extractor, x: np.ndarray, reducers: Mapping[str, str]) -> dict[str, np.ndarray]:
-    return {key: reduce(reducers[key], value) for key, value in ex(x).items()}
-
-
-def _to_memory(
-    ex: Extractor,
-    source: Source,
-    taps: Mapping[str, TapInfo],
-    reducers: Mapping[str, str],
-    progress: bool | None,
-    on_failed: Callable[[str, str], None] | None,
-) -> Features:
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in taps}
-    ids: list[str] = []
-    failed: list[tuple[str, str]] = []
-    with _progress_bar(source.total, 0, progress) as bar:
-        for batch in source.batches():
-            for item in batch.failed:
-                if on_failed is not None:
-                    on_failed(*item)
-                log.warning("skipped %s: %s", *item)
-            failed.extend(batch.failed)
-            if batch.ids:
-                for key, value in _run(ex, batch.x, reducers).items():
-                    parts[key].append(value)
-                ids.extend(batch.ids)
-            bar.update(batch.end - bar.n)
-    result = Features()
-    for key, info in taps.items():
-        if parts[key]:
-            result[key] = np.concatenate(parts[key])
-        else:
-            row = tuple(d or 0 for d in info.shape[1:])
-            result[key] = np.zeros((0, *row), info.dtype)
-    result["paths"] = np.array(ids, dtype=str)
-    result.failed = failed
-    return result
+    if out is None:
+        return LocalEngine().features(run, on_failed)
+    return LocalEngine().extract(run, on_failed)

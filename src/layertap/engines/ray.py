@@ -1,46 +1,56 @@
-"""Stage 9 (Ray), engine: the same extraction as :func:`layertap.extract` on Ray Data.
+"""The Ray engine: the same run as the local engine, on Ray Data.
 
-Three public pieces, from the lowest level up:
+It takes the same :class:`~layertap.engines.run.Run`, decodes with the same
+:class:`~layertap.io.data.Decoder`, reduces with the same reducers and writes Parquet
+parts with the same :class:`~layertap.io.schema.TapSchema`. Public pieces, from the
+lowest level up (re-exported by :mod:`layertap.ray`):
 
 - :class:`FeatureMapper`, a callable class for ``Dataset.map_batches``: each actor
   loads the model once from a path or URI (a live model is never pickled), decodes
-  the batch's files with the local engine's :class:`~layertap.io.data.FileSource`
-  (same EXIF turn, resize and preprocessing), runs one forward pass and applies the
-  local reducers. It returns ``path``, ``_failed`` (``""``, or why the input was
-  skipped) and one column per tap, named as in the local Parquet file.
+  the batch's files, runs one forward pass and applies the reducers. It returns
+  ``path``, ``_failed`` (``""``, or why the input was skipped) and one column per
+  tap, named as in the local Parquet file.
 - :func:`extract_dataset`: paths or a ``ray.data.Dataset`` with a ``path`` column in,
-  a lazy ``ray.data.Dataset`` of features out, with the actor pool's size, batch size
-  and per-actor CPUs / GPUs as arguments.
-- :func:`extract_parquet`: the whole job, written to a directory of Parquet files
-  whose schema is the local engine's (:func:`~layertap.io.write.parquet_schema`);
-  :func:`run_extract` is the command line's entry (``--engine ray``).
+  a lazy ``ray.data.Dataset`` of features out.
+- :func:`extract_parquet`: the whole job, written to a directory of Parquet files;
+  :class:`RayEngine` is the same for the command line (``--engine ray``), which also
+  connects to (or starts) Ray.
 
 Output directory::
 
     DIR/part-00000-1a2b3c4d.parquet   rows of the inputs that worked, one file per
                                       write task; the local file's schema (fields
                                       and field metadata); schema metadata
-                                      ``layertap`` holds the run's attributes, this
-                                      file's ``rows`` and the ``failed`` inputs of
-                                      the batches it wrote
+                                      ``layertap`` holds the run's attributes (with
+                                      its fingerprint), this file's ``rows`` and the
+                                      ``failed`` inputs of the batches it wrote
     DIR/_failed.parquet               every skipped input: ``path``, ``reason``
-    DIR/_layertap.json                the run's attributes, rows, failed, parts
+    DIR/_layertap.json                the run's attributes, rows, failed, parts;
+                                      written last: the run is complete
 
 Files starting with ``_`` are ignored by ``pyarrow.parquet.read_table(DIR)``,
 ``pandas.read_parquet(DIR)`` and ``ray.data.read_parquet(DIR)``. Rows come in no
 particular order; join on ``path``.
 
+**Resume.** A part is written under a ``_tmp-`` name and renamed when it is whole,
+and it records the inputs it covers, so a run that is interrupted (even the driver
+killed) leaves only whole parts. The same run again keeps them, runs the inputs no
+part covers, and writes the summary: the result equals a clean run's. A directory
+from a different run (or a ``Dataset`` input, which cannot be fingerprinted) is
+refused unless ``overwrite``; a complete one from the same run is left as it is.
+
 Retries (Ray's own mechanisms): the actors keep Ray Data's defaults
 ``max_restarts=-1`` and ``max_task_retries=-1`` (a lost actor is restarted, which
 reloads the model, and its unfinished batches are resubmitted, without limit);
 ``ray_remote_args`` overrides them. Write tasks run with ``max_retries`` =
-:data:`MAX_RETRIES`. A file that cannot be decoded is not an
-error: it is recorded with its reason. An exception in the model itself fails the
-run (it would fail again on a retry).
+:data:`MAX_RETRIES`. A file that cannot be decoded is not an error: it is recorded
+with its reason. An exception in the model itself fails the run (it would fail again
+on a retry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -48,32 +58,38 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from layertap._errors import BadInputError, BadSpecError, OutputError
-from layertap.io.data import FileSource, ImageSpec, Preprocess, make_source, resolve_preprocess
+from layertap._errors import BadInputError, BadSpecError, OutputError, require
+from layertap.engines.run import (
+    ModelSource,
+    Output,
+    Plan,
+    RayOptions,
+    Run,
+    plan,
+    row_shapes,
+    tap_schema,
+)
+from layertap.io.data import Decoder, ImageSpec, InputOptions, Preprocess, Source
 from layertap.io.reduce import reduce, resolve_pool
-from layertap.io.write import RESERVED, parquet_schema, safe_names
+from layertap.io.schema import TapSchema, parquet_schema, parquet_table
 
 if TYPE_CHECKING:
     import ray.data
-
-    # Type hints only: layertap.graph.resolve imports Keras, which a write task must not
-    # import (it would start a backend in every worker that only writes Parquet).
-    from layertap.graph.resolve import Spec
 
 __all__ = [
     "FAILED_COLUMN",
     "MAX_RETRIES",
     "FeatureMapper",
+    "RayEngine",
     "RayResult",
     "extract_dataset",
     "extract_parquet",
-    "run_extract",
 ]
 
 log = logging.getLogger("layertap")
@@ -82,16 +98,14 @@ log = logging.getLogger("layertap")
 FAILED_COLUMN = "_failed"
 #: ``max_retries`` of the write tasks.
 MAX_RETRIES = 3
+_TMP = "_tmp-"
 
 CustomObjects = Mapping[str, Any] | Sequence[str] | None
+LayerSpecs = Any
 
 
 def _need_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover (the tests skip without ray)
-        raise BadInputError("the Ray engine needs Ray Data: pip install 'layertap[ray]'") from exc
-    return ray
+    return require("ray", "ray", "the Ray engine")
 
 
 def _local_model(model: str | os.PathLike[str]) -> Path:
@@ -107,41 +121,34 @@ def _local_model(model: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _custom_objects(custom_objects: CustomObjects) -> dict[str, Any]:
-    if custom_objects is None:
-        return {}
-    if isinstance(custom_objects, Mapping):
-        return dict(custom_objects)
-    from layertap.graph.load import load_custom_objects
-
-    objects: dict[str, Any] = {}
-    for spec in custom_objects:
-        objects.update(load_custom_objects(spec))
-    return objects
-
-
-def _check_model_arg(model: Any) -> None:
-    if not isinstance(model, str | os.PathLike):
-        raise BadInputError(
-            f"the Ray engine takes the model's file path or URI, not a "
-            f"{type(model).__name__}: each actor loads it once (a live model is never "
-            "sent to the workers); save it first with model.save('model.keras')"
-        )
-
-
-def _column_names(keys: Sequence[str]) -> dict[str, str]:
-    names = safe_names(list(keys), RESERVED["parquet"])
-    for key, name in names.items():
-        if name == FAILED_COLUMN:
+def _check_columns(schema: TapSchema) -> None:
+    for c in schema:
+        if c.name == FAILED_COLUMN:
             raise BadSpecError(
-                f"an output named {key!r} clashes with the {FAILED_COLUMN!r} column of the "
+                f"an output named {c.key!r} clashes with the {FAILED_COLUMN!r} column of the "
                 "Ray engine; use another alias"
             )
-    return names
+
+
+def _use_backend(backend: str | None) -> None:
+    """Set the actor's Keras backend before Keras is first imported (or check it)."""
+    if backend is not None and "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+    import keras
+
+    if backend is not None and keras.backend.backend() != backend:
+        raise BadInputError(
+            f"this worker runs Keras on {keras.backend.backend()!r}, not {backend!r}: "
+            "Keras was imported before the backend could be set; set KERAS_BACKEND "
+            "in the cluster's environment (ray start, or runtime_env env_vars)"
+        )
 
 
 class FeatureMapper:
     """A callable class for ``Dataset.map_batches``: a batch of paths -> features.
+
+    Wide because it is a public entry point; inside, its options are one
+    :class:`~layertap.engines.run.Run`.
 
     Each actor builds one instance: it loads the model from ``model`` (a path or a
     URI that ``pyarrow.fs`` reads), builds the :class:`~layertap.Extractor` once and
@@ -158,8 +165,7 @@ class FeatureMapper:
             ``preprocess``, ``size`` and ``resize``).
         preprocess, size, resize: as in :func:`layertap.extract`, when ``spec`` is None.
         pool: reducers as in :func:`layertap.extract`.
-        custom_objects: ``{name: class}`` or specs for
-            :func:`~layertap.graph.load.load_custom_objects` (``PATH.py``, ``module:attr``),
+        custom_objects: ``{name: class}`` or ``PATH.py`` / ``module:attr`` specs,
             loaded in each actor.
         safe_mode: passed to :func:`~layertap.load_model`.
         backend: the Keras backend the actor must use (default: the creating
@@ -183,7 +189,7 @@ class FeatureMapper:
     def __init__(
         self,
         model: str | os.PathLike[str],
-        layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+        layers: LayerSpecs,
         *,
         spec: ImageSpec | None = None,
         preprocess: str | Preprocess | None = None,
@@ -195,105 +201,49 @@ class FeatureMapper:
         backend: str | None = None,
         workers: int | None = None,
     ) -> None:
-        _check_model_arg(model)
-        if backend is not None:
-            if "keras" not in sys.modules:
-                os.environ["KERAS_BACKEND"] = backend
-        import keras
-
-        from layertap.graph.load import load_model
-
-        if backend is not None and keras.backend.backend() != backend:
-            raise BadInputError(
-                f"this worker runs Keras on {keras.backend.backend()!r}, not {backend!r}: "
-                "Keras was imported before the backend could be set; set KERAS_BACKEND "
-                "in the cluster's environment (ray start, or runtime_env env_vars)"
-            )
-        self._setup(
-            load_model(
-                _local_model(model),
-                custom_objects=_custom_objects(custom_objects),
-                safe_mode=safe_mode,
-            ),
+        run = Run(
+            ModelSource(model, custom_objects or (), safe_mode),
+            None,
             layers,
-            spec=spec,
-            preprocess=preprocess,
-            size=size,
-            resize=resize,
+            input=InputOptions(preprocess, size, resize, workers),
             pool=pool,
-            workers=workers,
+            engine="ray",
         )
+        self._start(run, spec, None, backend)
 
-    def _setup(
-        self,
-        model: Any,
-        layers: Spec | Sequence[Spec] | Mapping[str, Spec],
-        *,
-        spec: ImageSpec | None,
-        preprocess: str | Preprocess | None,
-        size: tuple[int, int] | None,
-        resize: str,
-        pool: str | Mapping[str, str] | None,
-        workers: int | None,
+    def _start(
+        self, run: Run, spec: ImageSpec | None, schema: TapSchema | None, backend: str | None
     ) -> None:
+        _use_backend(backend)
         from layertap.graph.extractor import Extractor
 
-        self.model = model
-        self.extractor = Extractor(self.model, layers)
-        keys = list(self.extractor.outputs)
-        self.reducers = resolve_pool(pool, keys)
+        self.model = run.model.load(_local_model(run.model.model))
+        self.extractor = Extractor(self.model, run.layers)
+        self.reducers = resolve_pool(run.pool, list(self.extractor.outputs))
+        self.spec = spec or run.input.image_spec(self.model)
+        self.decoder = Decoder(self.spec, run.input.workers)
+        self.schema = schema or tap_schema(self.extractor, self.reducers, "parquet", None)
+        _check_columns(self.schema)
         #: ``{tap key: column name}``.
-        self.columns = _column_names(keys)
-        self.spec = spec or ImageSpec.from_model(
-            self.model, preprocess=preprocess or "rescale", size=size, resize=resize
-        )
-        self._preprocess = resolve_preprocess(self.spec.preprocess)[1]
-        self.workers = workers
-        self._arrays: dict[str, np.ndarray] = {}
-        self._rows: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+        self.columns = {c.key: c.name for c in self.schema}
+        self._rows = {c.key: (c.shape, c.dtype) for c in self.schema if c.known}
 
-    def _npy_row(self, file: str, row: int) -> np.ndarray:
-        if file not in self._arrays:
-            self._arrays[file] = np.load(file, mmap_mode="r", allow_pickle=False)
-        x = np.asarray(self._arrays[file][row], dtype=np.float32)
-        return np.asarray(self._preprocess(x), dtype=np.float32)
+    def _row(self, key: str) -> tuple[tuple[int, ...], str]:
+        """A tap's row shape and dtype: the schema's, a batch's, or one zero image's."""
+        if key not in self._rows:
+            self._rows.update(row_shapes(self.extractor, self.reducers, self.spec.shape))
+        shape, dtype = self._rows[key]
+        return tuple(int(d) for d in shape if d is not None), dtype
 
     def _decode(self, files: list[str], rows: list[int]) -> tuple[list[Any], list[str]]:
         """One array (or None) and one reason (or "") per input, in order."""
-        n = len(files)
-        xs: list[Any] = [None] * n
-        reasons = [""] * n
-        images = [i for i in range(n) if rows[i] < 0 and not files[i].lower().endswith(".npy")]
-        for i in range(n):
-            if rows[i] < 0 and files[i].lower().endswith(".npy"):
-                reasons[i] = "a .npy file in a Dataset needs a 'row' column (its row index)"
-        for i in range(n):
-            if rows[i] >= 0:
-                xs[i] = self._npy_row(files[i], rows[i])
-        if not images:
-            return xs, reasons
-        # The local engine's decoder: same threads, same reasons for a bad file.
-        source = FileSource(
-            [files[i] for i in images], self.spec, batch_size=len(images), workers=self.workers
-        )
-        try:
-            ok_ids: list[str] = []
-            ok_x: list[np.ndarray] = []
-            failed: list[tuple[str, str]] = []
-            for batch in source.batches():
-                ok_ids.extend(batch.ids)
-                ok_x.extend(batch.x[j] for j in range(len(batch.ids)))
-                failed.extend(batch.failed)
-        finally:
-            source.close()
-        s = f = 0
-        for i in images:  # successes and failures come back in input order
-            if s < len(ok_ids) and ok_ids[s] == files[i]:
-                xs[i] = ok_x[s]
-                s += 1
-            else:
-                reasons[i] = failed[f][1]
-                f += 1
+        items = [(f, r) for f, r in zip(files, rows, strict=True)]
+        bad = "a .npy file in a Dataset needs a 'row' column (its row index)"
+        todo = [i for i, (f, r) in enumerate(items) if not (r < 0 and f.lower().endswith(".npy"))]
+        xs: list[Any] = [None] * len(items)
+        reasons = [bad] * len(items)
+        for i, (x, why) in zip(todo, self.decoder.decode([items[i] for i in todo]), strict=True):
+            xs[i], reasons[i] = x, why
         return xs, reasons
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -305,143 +255,41 @@ class FeatureMapper:
         ok = [i for i, x in enumerate(xs) if x is not None]
         feats: dict[str, np.ndarray] = {}
         if ok:
-            x = np.stack([xs[i] for i in ok])
-            for key, value in self.extractor(x).items():
+            for key, value in self.extractor(np.stack([xs[i] for i in ok])).items():
                 feats[key] = reduce(self.reducers[key], np.asarray(value))
-                self._rows[key] = (feats[key].shape[1:], feats[key].dtype)
+                self._rows.setdefault(key, (feats[key].shape[1:], feats[key].dtype.name))
         out: dict[str, np.ndarray] = {
             "path": np.array(paths, dtype=object),
             FAILED_COLUMN: np.array(reasons, dtype=object),
         }
         for key, name in self.columns.items():
-            if key not in self._rows:
-                self._rows[key] = self._dry_row(key)
-            shape, dtype = self._rows[key]
+            shape, dtype = self._row(key)
             column = np.zeros((len(paths), *shape), dtype)
             if ok:
                 column[ok] = feats[key]
             out[name] = column
         return out
 
-    def _dry_row(self, key: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
-        """A tap's row shape and dtype, from one zero input (a batch where all failed)."""
-        s = self.spec
-        shape = (
-            (s.channels, s.height, s.width) if s.channels_first else (s.height, s.width, s.channels)
-        )
-        value = np.asarray(self.extractor(np.zeros((1, *shape), np.float32))[key])
-        reduced = reduce(self.reducers[key], value)
-        return reduced.shape[1:], reduced.dtype
+
+class _RunMapper(FeatureMapper):
+    """The driver's mapper: the driver's run, resolved taps, image spec and schema."""
+
+    def __init__(self, run: Run, spec: ImageSpec, schema: TapSchema, backend: str | None) -> None:
+        self._start(run, spec, schema, backend)
 
 
 # --- driver side ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Plan:
-    """What the driver works out once: the model path, taps, inputs, schema."""
+class _DatasetInputs(Source):
+    """A ``ray.data.Dataset`` of paths: read by the actors, so only described here."""
 
-    model: Path
-    model_arg: str
-    layers: Any
-    spec: ImageSpec
-    reducers: dict[str, str]
-    columns: dict[str, tuple[str, str, tuple[int, ...], str]]
-    names: dict[str, str]
-    entries: list[tuple[str, str, int]] | None
-    preprocessing: dict[str, Any]
-    fingerprint: str | None
-    probe: FeatureMapper
+    kind = "dataset"
 
-
-def _plan(
-    model: str | os.PathLike[str],
-    inputs: Any,
-    layers: Spec | Sequence[Spec] | Mapping[str, Spec],
-    *,
-    batch_size: int,
-    preprocess: str | Preprocess | None,
-    pool: str | Mapping[str, str] | None,
-    size: tuple[int, int] | None,
-    resize: str,
-    custom_objects: CustomObjects,
-    safe_mode: bool,
-) -> _Plan:
-    _check_model_arg(model)
-    path = _local_model(model)
-    if _is_dataset(inputs):
-        probe = FeatureMapper(
-            path,
-            layers,
-            preprocess=preprocess,
-            size=size,
-            resize=resize,
-            pool=pool,
-            custom_objects=custom_objects,
-            safe_mode=safe_mode,
-        )
-        entries = None
-        spec = probe.spec
-        preprocessing = spec.describe()
-        fingerprint = None
-    else:
-        if isinstance(inputs, str | os.PathLike):
-            inputs = [inputs]
-        if not (
-            isinstance(inputs, list | tuple)
-            and all(isinstance(i, str | os.PathLike) for i in inputs)
-        ):
-            raise BadInputError(
-                f"the Ray engine takes paths or a ray.data.Dataset with a 'path' column, "
-                f"not {type(inputs).__name__}"
-            )
-        from layertap.graph.load import load_model
-
-        m = load_model(path, custom_objects=_custom_objects(custom_objects), safe_mode=safe_mode)
-        source = make_source(
-            list(inputs), m, batch_size=batch_size, preprocess=preprocess, size=size, resize=resize
-        )
-        if not isinstance(source, FileSource):  # pragma: no cover (paths give files)
-            raise BadInputError("the Ray engine reads files only")
-        entries, spec = source.entries, source.spec
-        preprocessing, fingerprint = source.preprocessing, source.fingerprint
-        source.close()
-        probe = FeatureMapper.__new__(FeatureMapper)
-        probe._setup(
-            m, layers, spec=spec, preprocess=None, size=None, resize=resize, pool=pool, workers=None
-        )
-    # One zero input through the taps: the row shapes and dtypes the files will hold.
-    if entries is not None and entries and entries[0][2] >= 0:
-        first = probe._npy_row(entries[0][1], entries[0][2])[None]
-        dry = {
-            k: reduce(probe.reducers[k], np.asarray(v)) for k, v in probe.extractor(first).items()
-        }
-        rows = {k: (v.shape[1:], v.dtype) for k, v in dry.items()}
-    else:
-        rows = {k: probe._dry_row(k) for k in probe.columns}
-    probe._rows.update(rows)
-    columns = {
-        name: (
-            key,
-            probe.extractor.outputs[key].path,
-            tuple(int(d) for d in rows[key][0]),
-            np.dtype(rows[key][1]).name,
-        )
-        for key, name in probe.columns.items()
-    }
-    return _Plan(
-        model=path,
-        model_arg=os.fspath(model),
-        layers=layers,
-        spec=spec,
-        reducers=probe.reducers,
-        columns=columns,
-        names=probe.columns,
-        entries=entries,
-        preprocessing=preprocessing,
-        fingerprint=fingerprint,
-        probe=probe,
-    )
+    def __init__(self, spec: ImageSpec) -> None:
+        self.spec = spec
+        self.preprocessing = spec.describe()
+        self.input_shape = spec.shape
 
 
 def _is_dataset(obj: Any) -> bool:
@@ -450,9 +298,44 @@ def _is_dataset(obj: Any) -> bool:
     )
 
 
-def _dataset(plan: _Plan, inputs: Any) -> ray.data.Dataset:
+def _open_inputs(run: Run, model: Any) -> Source:
+    if _is_dataset(run.inputs):
+        return _DatasetInputs(run.input.image_spec(model))
+    inputs = run.inputs
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    if not (
+        isinstance(inputs, list | tuple) and all(isinstance(i, str | os.PathLike) for i in inputs)
+    ):
+        raise BadInputError(
+            f"the Ray engine takes paths or a ray.data.Dataset with a 'path' column, "
+            f"not {type(inputs).__name__}"
+        )
+    from layertap.io.data import make_source
+
+    return make_source(list(inputs), model, run.input, batch_size=run.batch_size)
+
+
+def _plan(run: Run) -> Plan:
+    p = plan(
+        run,
+        model_path=_local_model(run.model.model),
+        open_source=_open_inputs,
+        reserved=frozenset(),
+    )
+    p.close()  # the driver lists the inputs; the actors decode them
+    _check_columns(p.schema)
+    return p
+
+
+def _entries(p: Plan) -> list[tuple[str, str, int]] | None:
+    return getattr(p.source, "entries", None)
+
+
+def _dataset(p: Plan, entries: list[tuple[str, str, int]] | None) -> ray.data.Dataset:
     ray_module = _need_ray()
-    if plan.entries is None:
+    if entries is None:
+        inputs = p.run.inputs
         names = inputs.columns() or []
         if "path" not in names:
             raise BadInputError(
@@ -464,55 +347,68 @@ def _dataset(plan: _Plan, inputs: Any) -> ray.data.Dataset:
             [c for c in ("path", "file", "row") if c in names]
         )
         return selected
-    items = [{"path": i, "file": f, "row": r} for i, f, r in plan.entries]
+    items = [{"path": i, "file": f, "row": r} for i, f, r in entries]
     made: ray.data.Dataset = ray_module.data.from_items(items)
     return made
 
 
-def _run_dataset(
-    plan: _Plan,
-    inputs: Any,
-    *,
-    batch_size: int,
-    concurrency: int,
-    num_cpus: float,
-    num_gpus: float,
-    custom_objects: CustomObjects,
-    safe_mode: bool,
-    ray_remote_args: Mapping[str, Any] | None,
-) -> ray.data.Dataset:
+def _map(p: Plan, ds: ray.data.Dataset) -> ray.data.Dataset:
+    """The actors' pass over ``ds``: decode, forward, reduce."""
     import keras
     from ray.data import ActorPoolStrategy
 
-    if batch_size < 1:
-        raise BadInputError(f"batch size must be at least 1, not {batch_size}")
-    if concurrency < 1:
-        raise BadInputError(f"concurrency must be at least 1 actor, not {concurrency}")
-    return _dataset(plan, inputs).map_batches(
-        FeatureMapper,
-        fn_constructor_args=(plan.model_arg, plan.layers),
-        fn_constructor_kwargs={
-            "spec": plan.spec,
-            "pool": plan.reducers,
-            "custom_objects": custom_objects,
-            "safe_mode": safe_mode,
-            "backend": keras.backend.backend(),
-        },
-        batch_size=batch_size,
+    run = p.run
+    actor_run = run.replace(inputs=None, layers=p.layer_specs)
+    spec = getattr(p.source, "spec", None) or run.input.image_spec(p.model)
+    return ds.map_batches(
+        _RunMapper,
+        fn_constructor_args=(actor_run, spec, p.schema, keras.backend.backend()),
+        batch_size=run.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=concurrency),
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
+        compute=ActorPoolStrategy(size=run.ray.concurrency or 1),
+        num_cpus=run.ray.num_cpus,
+        num_gpus=run.ray.num_gpus,
         # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1) apply
-        # unless ray_remote_args says otherwise.
-        **dict(ray_remote_args or {}),
+        # unless remote_args says otherwise.
+        **dict(run.ray.remote_args),
+    )
+
+
+def _ray_run(
+    model: str | os.PathLike[str],
+    inputs: Any,
+    layers: LayerSpecs,
+    out: str | os.PathLike[str] | None,
+    options: Mapping[str, Any],
+) -> Run:
+    """The :class:`Run` of :func:`extract_dataset`'s / :func:`extract_parquet`'s arguments."""
+    o = dict(options)
+    return Run(
+        ModelSource(model, o["custom_objects"] or (), o["safe_mode"]),
+        inputs,
+        layers,
+        input=InputOptions(o["preprocess"], o["size"], o["resize"]),
+        pool=o["pool"],
+        batch_size=o["batch_size"],
+        output=Output(
+            os.fspath(out) if out is not None else None,
+            overwrite=o.get("overwrite", False),
+            meta=dict(o.get("meta") or {}),
+        ),
+        engine="ray",
+        ray=RayOptions(
+            concurrency=o["concurrency"],
+            num_cpus=o["num_cpus"],
+            num_gpus=o["num_gpus"],
+            remote_args=dict(o["ray_remote_args"] or {}),
+        ),
     )
 
 
 def extract_dataset(
     model: str | os.PathLike[str],
     inputs: Any,
-    layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+    layers: LayerSpecs,
     *,
     batch_size: int = 32,
     preprocess: str | Preprocess | None = None,
@@ -528,8 +424,10 @@ def extract_dataset(
 ) -> ray.data.Dataset:
     """A lazy ``ray.data.Dataset`` of features: ``path``, ``_failed``, one column per tap.
 
-    The model is loaded once here (to check the layer specs and image size before
-    any actor starts) and once in each actor, from its path or URI.
+    Wide because it is a public entry point; its options become one
+    :class:`~layertap.engines.run.Run`. The model is loaded once here (to check the
+    layer specs and image size before any actor starts) and once in each actor, from
+    its path or URI.
 
     Args:
         model: a model file, or a URI ``pyarrow.fs`` reads (``s3://``, ``gs://``).
@@ -543,7 +441,7 @@ def extract_dataset(
         num_cpus, num_gpus: Ray resources reserved by each actor.
         ray_remote_args: more ``ray.remote`` arguments for the actors, e.g.
             ``{"max_restarts": 3}`` to bound Ray Data's default of restarting a lost
-            actor without limit (Ray 2.60 warns that these are deprecated).
+            actor without limit.
 
     Example:
         >>> ds = extract_dataset("model.keras", ["photos/"], {"emb": "embedding"},
@@ -551,29 +449,10 @@ def extract_dataset(
         >>> ds.filter(lambda r: r["_failed"] == "").take(1)[0]["emb"].shape  # doctest: +SKIP
         (128,)
     """
-    plan = _plan(
-        model,
-        inputs,
-        layers,
-        batch_size=batch_size,
-        preprocess=preprocess,
-        pool=pool,
-        size=size,
-        resize=resize,
-        custom_objects=custom_objects,
-        safe_mode=safe_mode,
-    )
-    return _run_dataset(
-        plan,
-        inputs,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        custom_objects=custom_objects,
-        safe_mode=safe_mode,
-        ray_remote_args=ray_remote_args,
-    )
+    options = dict(locals())
+    run = _ray_run(model, inputs, layers, None, options)
+    p = _plan(run)
+    return _map(p, _dataset(p, _entries(p)))
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -588,75 +467,38 @@ def _filesystem(out: str) -> tuple[Any, str]:
     return pafs.LocalFileSystem(), os.path.abspath(out.removeprefix("file://"))
 
 
-def _part_metadata(attrs: Mapping[str, Any], rows: int, failed: list[tuple[str, str]]) -> Any:
-    """A file's ``layertap`` metadata: the run's attributes, its rows and failures.
-
-    ``attrs["taps"]`` holds row shapes; each file's ``shape`` starts with its rows,
-    as the local writer's does.
-    """
-    taps = json.loads(attrs["taps"])
-    for tap in taps.values():
-        tap["shape"] = [rows, *tap["shape"]]
+def _part_metadata(attrs: Mapping[str, Any], schema: TapSchema, rows: int, failed: Any) -> Any:
+    """A file's ``layertap`` metadata: the run's attributes, its rows and failures."""
     return {
         **attrs,
-        "taps": json.dumps(taps),
+        "taps": json.dumps(schema.taps_attribute(rows)),
         "rows": rows,
         "failed": [list(item) for item in failed],
     }
 
 
-def _make_sink(
-    out: str, columns: Mapping[str, tuple[str, str, tuple[int, ...], str]], attrs: dict[str, Any]
-) -> Any:
+def _ray_attributes(p: Plan) -> dict[str, Any]:
+    """The run's attributes as Parquet metadata holds them (values JSON where not scalar)."""
+    attrs = {"fingerprint": p.fingerprint, "complete": True, **p.attributes(engine="ray")}
+    return {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in attrs.items()}
+
+
+def _make_sink(out: str, schema: TapSchema, attrs: dict[str, Any]) -> Any:
     from ray.data import Datasink
 
     class _FeatureSink(Datasink):  # type: ignore[type-arg]
-        """Each write task: one Parquet part (the local schema), its failures returned."""
+        """Each write task: one whole Parquet part (the local schema), its failures returned."""
 
         def __init__(self) -> None:
-            self.out = out
-            self.columns = dict(columns)
-            self.attrs = attrs
             self.parts: list[dict[str, Any]] = []
 
         def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            from ray.data.block import BlockAccessor
-
-            tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-            paths: list[str] = []
-            feats: dict[str, list[np.ndarray]] = {name: [] for name in self.columns}
-            failed: list[tuple[str, str]] = []
-            for table in tables:
-                if table.num_rows == 0:
-                    continue
-                batch = BlockAccessor.for_block(table).to_numpy()
-                reasons = [str(r) for r in batch[FAILED_COLUMN]]
-                ok = np.array([r == "" for r in reasons], bool)
-                ids = [str(p) for p in batch["path"]]
-                failed.extend(
-                    (p, r) for p, r, good in zip(ids, reasons, ok, strict=True) if not good
-                )
-                paths.extend(p for p, good in zip(ids, ok, strict=True) if good)
-                for name in self.columns:
-                    feats[name].append(np.asarray(batch[name])[ok])
+            paths, values, failed = _collect(blocks, schema)
             if not paths and not failed:
                 return {"file": None, "rows": 0, "failed": []}
-            schema = parquet_schema(self.columns, _part_metadata(self.attrs, len(paths), failed))
-            arrays = [pa.array(paths, pa.string())]
-            for name, (_, _, shape, _) in self.columns.items():
-                size = int(np.prod(shape, dtype=np.int64))
-                flat = (
-                    np.concatenate(feats[name]).astype(np.float32, copy=False).reshape(-1)
-                    if feats[name]
-                    else np.zeros(0, np.float32)
-                )
-                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), size))
-            fs, root = _filesystem(self.out)
             name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-            with fs.open_output_stream(f"{root}/{name}") as stream:
-                pq.write_table(pa.Table.from_arrays(arrays, schema=schema), stream)
+            meta = _part_metadata(attrs, schema, len(paths), failed)
+            _write_part(out, name, schema, meta, paths, values)
             return {"file": name, "rows": len(paths), "failed": failed}
 
         def on_write_complete(self, write_result: Any) -> None:
@@ -665,9 +507,56 @@ def _make_sink(
     return _FeatureSink()
 
 
+def _collect(
+    blocks: Iterable[Any], schema: TapSchema
+) -> tuple[list[str], dict[str, np.ndarray], list[tuple[str, str]]]:
+    """The rows that worked (paths, ``{column: values}``) and the failed inputs of blocks."""
+    from ray.data.block import BlockAccessor
+
+    paths: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {c.name: [] for c in schema}
+    failed: list[tuple[str, str]] = []
+    for block in blocks:
+        table = BlockAccessor.for_block(block).to_arrow()
+        if table.num_rows == 0:
+            continue
+        batch = BlockAccessor.for_block(table).to_numpy()
+        reasons = [str(r) for r in batch[FAILED_COLUMN]]
+        ids = [str(p) for p in batch["path"]]
+        ok = np.array([r == "" for r in reasons], bool)
+        failed.extend((i, r) for i, r in zip(ids, reasons, strict=True) if r)
+        paths.extend(i for i, r in zip(ids, reasons, strict=True) if not r)
+        for c in schema:
+            parts[c.name].append(np.asarray(batch[c.name])[ok])
+    values = {
+        c.name: np.concatenate(parts[c.name]) if parts[c.name] else np.zeros((0, *c.dims))
+        for c in schema
+    }
+    return paths, values, failed
+
+
+def _write_part(
+    out: str,
+    name: str,
+    schema: TapSchema,
+    meta: Mapping[str, Any],
+    paths: Sequence[str],
+    values: Mapping[str, np.ndarray],
+) -> None:
+    """Write one part under a ``_tmp-`` name, then rename it: a part is whole or absent."""
+    import pyarrow.parquet as pq
+
+    fs, root = _filesystem(out)
+    arrow_schema = parquet_schema(schema, meta)
+    table = parquet_table(arrow_schema, schema, paths, values)
+    with fs.open_output_stream(f"{root}/{_TMP}{name}") as stream:
+        pq.write_table(table, stream)
+    fs.move(f"{root}/{_TMP}{name}", f"{root}/{name}")
+
+
 @dataclasses.dataclass
 class RayResult:
-    """What :func:`extract_parquet` wrote.
+    """What the Ray engine wrote.
 
     Attributes:
         path: the output directory (or URI).
@@ -675,6 +564,9 @@ class RayResult:
         failed: ``(path, reason)`` for every input that was skipped.
         parts: the part files' names, sorted.
         shapes: ``{column name: shape}`` (rows first), as the local result gives them.
+        resumed: rows kept from an interrupted run of the same job.
+        already_complete: the directory held this run's finished output; nothing was done.
+        format: ``"parquet"``.
     """
 
     path: str
@@ -682,31 +574,153 @@ class RayResult:
     failed: list[tuple[str, str]]
     parts: list[str]
     shapes: dict[str, tuple[int, ...]]
+    resumed: int = 0
+    already_complete: bool = False
+    format: str = "parquet"
 
 
-def _prepare_out(out: str, overwrite: bool) -> None:
+@dataclasses.dataclass
+class _Found:
+    """What an output directory already holds from the same run."""
+
+    parts: list[dict[str, Any]]
+    complete: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> set[str]:
+        return {i for part in self.parts for i in part["ids"]}
+
+
+def _refuse(out: str, why: str) -> OutputError:
+    return OutputError(
+        f"output directory {out!r} {why}; it is neither overwritten nor appended to: "
+        "remove it, choose another, or pass overwrite=True (--overwrite)"
+    )
+
+
+def _read_part(fs: Any, path: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(path) as f:
+        table = pq.read_table(f, columns=["path"])
+        meta = json.loads((table.schema.metadata or {}).get(b"layertap", b"{}"))
+    failed = [tuple(item) for item in meta.get("failed", [])]
+    ids = table["path"].to_pylist() + [p for p, _ in failed]
+    return {
+        "file": path.rsplit("/", 1)[-1],
+        "rows": table.num_rows,
+        "failed": failed,
+        "ids": ids,
+        "fingerprint": meta.get("fingerprint"),
+    }
+
+
+def _prepare_out(out: str, overwrite: bool, fingerprint: Any) -> _Found:
+    """Make the directory ready; return the whole parts a same-run attempt left there."""
     import pyarrow.fs as pafs
 
     fs, root = _filesystem(out)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         raise OutputError(f"output {out!r} is a file; the Ray engine writes a directory")
-    if info.type == pafs.FileType.Directory:
-        found = fs.get_file_info(pafs.FileSelector(root))
-        if found and not overwrite:
-            raise OutputError(
-                f"output directory {out!r} is not empty; the Ray engine does not resume or "
-                "append: remove it, choose another, or pass overwrite=True (--overwrite)"
-            )
-        if found:
-            fs.delete_dir_contents(root)
+    is_dir = info.type == pafs.FileType.Directory
+    found = fs.get_file_info(pafs.FileSelector(root)) if is_dir else []
+    if found and overwrite:
+        fs.delete_dir_contents(root)
+        found = []
     fs.create_dir(root, recursive=True)
+    if not found:
+        return _Found([])
+    if fingerprint is None:
+        raise _refuse(out, "is not empty, and these inputs (a Dataset) cannot be matched to it")
+    names = {f.base_name: f for f in found}
+    summary = None
+    if "_layertap.json" in names:
+        with fs.open_input_stream(f"{root}/_layertap.json") as stream:
+            summary = json.loads(stream.read())
+    parts = []
+    for name, item in sorted(names.items()):
+        if name.startswith(_TMP):  # a part the last attempt did not finish
+            fs.delete_file(item.path)
+        elif name.startswith("part-") and name.endswith(".parquet"):
+            parts.append(_read_part(fs, item.path))
+        elif name not in ("_layertap.json", "_failed.parquet"):
+            raise _refuse(out, f"is not empty: it holds {name!r}, which layertap did not write")
+    wanted = json.dumps(fingerprint)
+    if any(part["fingerprint"] != wanted for part in parts) or (
+        summary is not None and summary.get("fingerprint") != wanted
+    ):
+        raise _refuse(out, "is not empty: it was written by a different run")
+    return _Found(parts, summary)
+
+
+def _write_summary(
+    out: str, attrs: Mapping[str, Any], schema: TapSchema, parts: list[dict[str, Any]]
+) -> tuple[list[str], list[tuple[str, str]], int]:
+    """``_failed.parquet`` and, last, ``_layertap.json``: the run is complete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(parts, key=lambda part: str(part["file"]))
+    failed = [(str(p), str(r)) for part in parts for p, r in part["failed"]]
+    rows = sum(int(part["rows"]) for part in parts)
+    names = [str(part["file"]) for part in parts]
+    fs, root = _filesystem(out)
+    if not names:  # every input failed: one empty part keeps the schema readable
+        names = ["part-00000-empty.parquet"]
+        empty = {c.name: np.zeros((0, *c.dims)) for c in schema}
+        _write_part(out, names[0], schema, _part_metadata(attrs, schema, 0, failed), [], empty)
+    table = pa.table(
+        {
+            "path": pa.array([p for p, _ in failed], pa.string()),
+            "reason": pa.array([r for _, r in failed], pa.string()),
+        }
+    )
+    with fs.open_output_stream(f"{root}/_failed.parquet") as stream:
+        pq.write_table(table, stream)
+    summary = {**_part_metadata(attrs, schema, rows, failed), "parts": names}
+    with fs.open_output_stream(f"{root}/_layertap.json") as stream:
+        stream.write(json.dumps(summary, indent=1).encode())
+    return names, failed, rows
+
+
+def _shapes(schema: TapSchema, rows: int) -> dict[str, tuple[int, ...]]:
+    return {c.name: (rows, *c.dims) for c in schema}
+
+
+def _write(run: Run) -> RayResult:
+    """The Ray run to its directory: plan, keep whole parts, run the rest, summarise."""
+    _need_ray()  # a clear error before any work when Ray is missing
+    out = run.output.path or ""
+    p = _plan(run)
+    found = _prepare_out(out, run.output.overwrite, p.fingerprint)
+    if found.complete is not None:
+        s = found.complete
+        failed = [(str(a), str(b)) for a, b in s["failed"]]
+        shapes = _shapes(p.schema, int(s["rows"]))
+        return RayResult(out, int(s["rows"]), failed, s["parts"], shapes, int(s["rows"]), True)
+    resumed = sum(int(part["rows"]) for part in found.parts)
+    if found.parts:
+        log.info("resuming %s after %d rows in %d parts", out, resumed, len(found.parts))
+    attrs = _ray_attributes(p)
+    entries = _entries(p)
+    done = found.done
+    todo = None if entries is None else [e for e in entries if e[0] not in done]
+    new: list[dict[str, Any]] = []
+    if todo is None or todo:
+        sink = _make_sink(out, p.schema, attrs)
+        _map(p, _dataset(p, todo)).write_datasink(
+            sink, ray_remote_args={"max_retries": MAX_RETRIES}
+        )
+        new = sink.parts
+    names, failed, rows = _write_summary(out, attrs, p.schema, found.parts + new)
+    return RayResult(out, rows, failed, names, _shapes(p.schema, rows), resumed)
 
 
 def extract_parquet(
     model: str | os.PathLike[str],
     inputs: Any,
-    layers: Spec | Sequence[Spec] | Mapping[str, Spec],
+    layers: LayerSpecs,
     out: str | os.PathLike[str],
     *,
     batch_size: int = 32,
@@ -725,11 +739,14 @@ def extract_parquet(
 ) -> RayResult:
     """Extract on the current Ray cluster and write a directory of Parquet files.
 
-    Arguments as in :func:`extract_dataset`; ``out`` is a directory (local, on a
-    file system every node shares, or a ``pyarrow.fs`` URI) that must be empty
-    unless ``overwrite``. Every part file has the local engine's Parquet schema;
-    the skipped inputs are in ``_failed.parquet`` too (see the module docstring).
-    Call ``ray.init`` first (or it starts a local Ray).
+    Wide because it is a public entry point; its options become one
+    :class:`~layertap.engines.run.Run`. Arguments as in :func:`extract_dataset`;
+    ``out`` is a directory (local, on a file system every node shares, or a
+    ``pyarrow.fs`` URI). A directory left by an interrupted run of the same job is
+    resumed; one from another run is refused unless ``overwrite``. Every part file
+    has the local engine's Parquet schema; the skipped inputs are in
+    ``_failed.parquet`` too (see the module docstring). Call ``ray.init`` first (or
+    Ray Data starts a local Ray).
 
     Example:
         >>> r = extract_parquet("model.keras", ["photos/"], ["gap"], "feats/",
@@ -737,146 +754,45 @@ def extract_parquet(
         >>> r.rows, len(r.failed)  # doctest: +SKIP
         (99998, 2)
     """
-    from layertap import __version__
-    from layertap.engines.local import run_fingerprint
-
-    _need_ray()  # a clear error before any work when Ray is missing
-    out_text = os.fspath(out)
-    plan = _plan(
-        model,
-        inputs,
-        layers,
-        batch_size=batch_size,
-        preprocess=preprocess,
-        pool=pool,
-        size=size,
-        resize=resize,
-        custom_objects=custom_objects,
-        safe_mode=safe_mode,
-    )
-    _prepare_out(out_text, overwrite)
-    taps = {
-        key: {
-            "dataset": name,
-            "layer": plan.columns[name][1],
-            "shape": list(plan.columns[name][2]),
-            "dtype": plan.columns[name][3],
-            "pool": plan.reducers[key],
-        }
-        for key, name in plan.names.items()
-    }
-    fingerprint = run_fingerprint(
-        plan.probe.model,
-        plan.model,
-        {k: plan.columns[n][1] for k, n in plan.names.items()},
-        plan.reducers,
-        plan.preprocessing,
-        plan.fingerprint,
-    )
-    attrs: dict[str, Any] = {
-        "fingerprint": json.dumps(fingerprint),
-        "complete": True,
-        "model": plan.model_arg,
-        "layers": json.dumps({k: plan.columns[n][1] for k, n in plan.names.items()}),
-        "pool": json.dumps(plan.reducers),
-        "preprocessing": json.dumps(plan.preprocessing),
-        "layertap_version": __version__,
-        "engine": "ray",
-    }
-    for k, v in (meta or {}).items():
-        attrs[k] = v if isinstance(v, str | int | float) else json.dumps(v)
-    attrs["taps"] = json.dumps(taps)
-    ds = _run_dataset(
-        plan,
-        inputs,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        custom_objects=custom_objects,
-        safe_mode=safe_mode,
-        ray_remote_args=ray_remote_args,
-    )
-    sink = _make_sink(out_text, plan.columns, attrs)
-    ds.write_datasink(sink, ray_remote_args={"max_retries": MAX_RETRIES})
-    parts = sorted(sink.parts, key=lambda p: p["file"])
-    failed = [(str(p), str(r)) for part in parts for p, r in part["failed"]]
-    rows = sum(int(p["rows"]) for p in parts)
-    names = _write_summary(out_text, attrs, plan, rows, failed, [str(p["file"]) for p in parts])
-    shapes = {name: (rows, *c[2]) for name, c in plan.columns.items()}
-    return RayResult(out_text, rows, failed, names, shapes)
+    options = dict(locals())
+    return _write(_ray_run(model, inputs, layers, out, options))
 
 
-def _write_summary(
-    out: str,
-    attrs: Mapping[str, Any],
-    plan: _Plan,
-    rows: int,
-    failed: list[tuple[str, str]],
-    parts: list[str],
-) -> list[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class RayEngine:
+    """Runs a :class:`~layertap.engines.run.Run` on Ray Data, connecting first.
 
-    fs, root = _filesystem(out)
-    if not parts:  # every input failed: one empty part keeps the schema readable
-        name = "part-00000-empty.parquet"
-        schema = parquet_schema(plan.columns, _part_metadata(attrs, 0, failed))
-        with fs.open_output_stream(f"{root}/{name}") as stream:
-            pq.write_table(schema.empty_table(), stream)
-        parts = [name]
-    table = pa.table(
-        {
-            "path": pa.array([p for p, _ in failed], pa.string()),
-            "reason": pa.array([r for _, r in failed], pa.string()),
-        }
-    )
-    with fs.open_output_stream(f"{root}/_failed.parquet") as stream:
-        pq.write_table(table, stream)
-    summary = {**_part_metadata(attrs, rows, failed), "parts": parts}
-    with fs.open_output_stream(f"{root}/_layertap.json") as stream:
-        stream.write(json.dumps(summary, indent=1).encode())
-    return parts
-
-
-def run_extract(
-    model: str | os.PathLike[str],
-    inputs: Sequence[str],
-    layers: Spec | Sequence[Spec] | Mapping[str, Spec],
-    out: str | os.PathLike[str],
-    *,
-    batch_size: int = 32,
-    preprocess: str | None = None,
-    pool: str | Mapping[str, str] | None = None,
-    size: tuple[int, int] | None = None,
-    resize: str = "bilinear",
-    custom_objects: Sequence[str] = (),
-    safe_mode: bool = True,
-    overwrite: bool = False,
-    quiet: bool = False,
-    address: str | None = None,
-    concurrency: int | None = None,
-    num_cpus: float = 1,
-    num_gpus: float = 0,
-    meta: Mapping[str, Any] | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
-    """The command line's ``--engine ray``: connect (or start Ray), extract, disconnect.
-
-    ``address`` is a running cluster's (``auto``, ``ray://host:10001``, ``host:6379``);
-    ``None`` starts a Ray on this machine, on loopback, for this run only.
-    ``concurrency`` defaults to the cluster's CPUs (or GPUs) divided by the per-actor
-    ``num_cpus`` (``num_gpus``). Returns ``(rows written, [(path, reason), ...])``.
+    ``run.ray.address`` is a running cluster's (``auto``, ``ray://host:10001``,
+    ``host:6379``); ``None`` starts a Ray on this machine, on loopback, for this run
+    only (unless Ray is already initialised). ``run.ray.concurrency`` defaults to the
+    cluster's CPUs (or GPUs) divided by each actor's ``num_cpus`` (``num_gpus``).
 
     Example:
-        >>> rows, failed = run_extract("model.keras", ["photos/"], ["gap"], "feats/",
-        ...                            address="auto")  # doctest: +SKIP
+        >>> result = RayEngine().extract(run)  # doctest: +SKIP
     """
+
+    name = "ray"
+
+    def extract(self, run: Run, on_failed: Any = None) -> RayResult:
+        """Connect, run, disconnect; ``on_failed(path, reason)`` for each skipped input."""
+        with _connected(run) as concurrency:
+            ray_options = dataclasses.replace(run.ray, concurrency=concurrency)
+            result = _write(run.replace(ray=ray_options))
+        if on_failed is not None:
+            for item in result.failed:
+                on_failed(*item)
+        return result
+
+
+@contextlib.contextmanager
+def _connected(run: Run) -> Iterator[int]:
+    """Ray initialised (started here when needed) with quiet progress if asked; the actors."""
     ray = _need_ray()
     from ray.data import DataContext
 
+    quiet = run.quiet
     started = False
     if not ray.is_initialized():
-        if address is None:
+        if run.ray.address is None:
             ray.init(
                 include_dashboard=False,
                 log_to_driver=not quiet,
@@ -884,7 +800,9 @@ def run_extract(
                 _node_ip_address="127.0.0.1",
             )
         else:
-            ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING)
+            ray.init(
+                address=run.ray.address, log_to_driver=not quiet, logging_level=logging.WARNING
+            )
         started = True
     context = DataContext.get_current()
     bars = context.enable_progress_bars
@@ -894,33 +812,16 @@ def run_extract(
     if quiet:
         data_log.setLevel(logging.ERROR)
     try:
-        if concurrency is None:
-            resources = ray.cluster_resources()
-            if num_gpus > 0:
-                concurrency = max(1, int(resources.get("GPU", 0) // num_gpus))
-            else:
-                concurrency = max(1, int(resources.get("CPU", 1) // max(num_cpus, 1e-9)))
-        result = extract_parquet(
-            model,
-            list(inputs),
-            layers,
-            out,
-            batch_size=batch_size,
-            preprocess=preprocess,
-            pool=pool,
-            size=size,
-            resize=resize,
-            custom_objects=list(custom_objects),
-            safe_mode=safe_mode,
-            concurrency=concurrency,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            overwrite=overwrite,
-            meta=meta,
-        )
+        yield run.ray.concurrency or _default_concurrency(ray, run.ray)
     finally:
         context.enable_progress_bars = bars
         data_log.setLevel(level)
         if started:
             ray.shutdown()
-    return result.rows, result.failed
+
+
+def _default_concurrency(ray: Any, options: RayOptions) -> int:
+    resources = ray.cluster_resources()
+    if options.num_gpus > 0:
+        return max(1, int(resources.get("GPU", 0) // options.num_gpus))
+    return max(1, int(resources.get("CPU", 1) // max(options.num_cpus, 1e-9)))

@@ -46,8 +46,10 @@ __all__ = [
     "RESAMPLE",
     "ArraySource",
     "Batch",
+    "Decoder",
     "FileSource",
     "ImageSpec",
+    "InputOptions",
     "IterableSource",
     "Source",
     "expand_inputs",
@@ -186,6 +188,13 @@ class ImageSpec:
             raise BadInputError(
                 f"images have 1 (grayscale) or 3 (RGB) channels, not {self.channels}"
             )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One decoded image's array shape: ``(H, W, C)``, or ``(C, H, W)`` channels first."""
+        if self.channels_first:
+            return (self.channels, self.height, self.width)
+        return (self.height, self.width, self.channels)
 
     @property
     def preset(self) -> str:
@@ -417,12 +426,15 @@ class Source:
         kind: ``"files"``, ``"array"`` or ``"iterable"``.
         fingerprint: a hash of the inputs' identity (``None``: cannot resume).
         preprocessing: a JSON-able description of what is done to each input.
+        input_shape: the shape of one input row as the model gets it (``None``: unknown
+            before the first batch).
     """
 
     kind = "abstract"
     fingerprint: str | None = None
     preprocessing: dict[str, Any] = {}  # noqa: RUF012
     total: int | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         """Batches of the inputs from index ``start`` on."""
@@ -430,6 +442,83 @@ class Source:
 
     def close(self) -> None:
         """Release worker threads."""
+
+
+class Decoder:
+    """Image files and ``.npy`` rows -> model input rows, in a pool of threads.
+
+    Both engines decode with this: the local engine through :class:`FileSource`, the
+    Ray engine's actors directly (:meth:`decode`), so an input gets the same array, or
+    the same reason for being skipped, on either.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (9, 9)).save(d / "a.png")
+        >>> with Decoder(ImageSpec(4, 4)) as dec:
+        ...     [(x is None, why[:12]) for x, why in dec.decode([(str(d / "a.png"), -1),
+        ...                                                     (str(d / "b.png"), -1)])]
+        [(False, ''), (True, 'no such file')]
+    """
+
+    def __init__(self, spec: ImageSpec, workers: int | None = None) -> None:
+        self.spec = spec
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self._preprocess = resolve_preprocess(spec.preprocess)[1]
+        self._arrays: dict[str, np.ndarray] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def npy(self, path: str) -> np.ndarray:
+        """The rows of a ``.npy`` file, memory-mapped (opened once)."""
+        if path not in self._arrays:
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise BadInputError(f"input {path!r} is not a readable .npy array: {exc}") from exc
+            if array.ndim < 1:
+                raise BadInputError(f"input {path!r} holds a scalar, not rows of inputs")
+            self._arrays[path] = array
+        return self._arrays[path]
+
+    def load(self, path: str, row: int) -> np.ndarray:
+        """One input: an image file (``row`` -1) or row ``row`` of a ``.npy`` file.
+
+        Raises what a bad file raises (``OSError``, ``ValueError``, ...).
+        """
+        if row < 0:
+            return load_image(path, self.spec)
+        x = np.asarray(self.npy(path)[row], dtype=np.float32)
+        return np.asarray(self._preprocess(x), dtype=np.float32)
+
+    def submit(self, path: str, row: int) -> Future[np.ndarray]:
+        """:meth:`load` in a worker thread."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="layertap-decode")
+        return self._pool.submit(self.load, path, row)
+
+    def decode(self, items: Sequence[tuple[str, int]]) -> list[tuple[np.ndarray | None, str]]:
+        """``(array, "")`` or ``(None, reason)`` for each ``(path, row)``, in order."""
+        futures = [self.submit(path, row) for path, row in items]
+        return [_outcome(future) for future in futures]
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _outcome(future: Future[np.ndarray]) -> tuple[np.ndarray | None, str]:
+    try:
+        return future.result(), ""
+    except _DECODE_ERRORS as exc:
+        return None, _reason(exc)
 
 
 class FileSource(Source):
@@ -458,49 +547,40 @@ class FileSource(Source):
             raise BadInputError(f"batch size must be at least 1, not {batch_size}")
         self.spec = spec
         self.batch_size = batch_size
-        self.workers = workers or min(8, os.cpu_count() or 1)
-        self._arrays: dict[str, np.ndarray] = {}
+        self.decoder = Decoder(spec, workers)
+        self.workers = self.decoder.workers
         # One entry per input: (id, path, row of a .npy file or -1 for an image).
         self.entries: list[tuple[str, str, int]] = []
+        npys: list[str] = []
         for p in paths:
             text = os.fspath(p)
             if text.lower().endswith(".npy"):
-                array = self._npy(text)
+                array = self.decoder.npy(text)
+                npys.append(text)
                 self.entries.extend((f"{text}[{i}]", text, i) for i in range(len(array)))
             else:
                 self.entries.append((text, text, -1))
         self.total = len(self.entries)
         self.preprocessing = spec.describe()
+        self.input_shape = self._input_shape(npys)
         h = hashlib.sha256()
         for entry_id, _, _ in self.entries:
             h.update(entry_id.encode() + b"\0")
-        for path in sorted(self._arrays):
+        for path in sorted(set(npys)):
             st = os.stat(path)
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
         self.fingerprint = h.hexdigest()
-        self._pool: ThreadPoolExecutor | None = None
 
-    def _npy(self, path: str) -> np.ndarray:
-        if path not in self._arrays:
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise BadInputError(f"input {path!r} is not a readable .npy array: {exc}") from exc
-            if array.ndim < 1:
-                raise BadInputError(f"input {path!r} holds a scalar, not rows of inputs")
-            self._arrays[path] = array
-        return self._arrays[path]
-
-    def _load(self, path: str, row: int) -> np.ndarray:
-        if row < 0:
-            return load_image(path, self.spec)
-        x = np.asarray(self._arrays[path][row], dtype=np.float32)
-        return np.asarray(resolve_preprocess(self.spec.preprocess)[1](x), dtype=np.float32)
+    def _input_shape(self, npys: list[str]) -> tuple[int, ...] | None:
+        if npys:
+            shapes = {tuple(self.decoder.npy(p).shape[1:]) for p in npys}
+            return shapes.pop() if len(shapes) == 1 else None
+        s = self.spec
+        return (
+            (s.channels, s.height, s.width) if s.channels_first else (s.height, s.width, s.channels)
+        )
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="layertap-decode")
-        pool = self._pool
         window = 2 * self.batch_size + self.workers  # about two batches decoded ahead
         pending: collections.deque[tuple[int, Future[np.ndarray]]] = collections.deque()
         todo = iter(range(start, len(self.entries)))
@@ -511,7 +591,7 @@ class FileSource(Source):
                 if i is None:
                     return
                 _, path, row = self.entries[i]
-                pending.append((i, pool.submit(self._load, path, row)))
+                pending.append((i, self.decoder.submit(path, row)))
 
         ids: list[str] = []
         arrays: list[np.ndarray] = []
@@ -522,23 +602,22 @@ class FileSource(Source):
                 i, future = pending.popleft()
                 refill()
                 entry_id = self.entries[i][0]
-                try:
-                    arrays.append(future.result())
+                x, reason = _outcome(future)
+                if x is None:
+                    failed.append((entry_id, reason))
+                else:
+                    arrays.append(x)
                     ids.append(entry_id)
-                except _DECODE_ERRORS as exc:
-                    failed.append((entry_id, _reason(exc)))
                 if len(ids) == self.batch_size or (not pending and (ids or failed)):
-                    x = np.stack(arrays) if arrays else np.zeros((0,), np.float32)
-                    yield Batch(ids, x, failed, i + 1)
+                    x_batch = np.stack(arrays) if arrays else np.zeros((0,), np.float32)
+                    yield Batch(ids, x_batch, failed, i + 1)
                     ids, arrays, failed = [], [], []
         finally:
             for _, future in pending:
                 future.cancel()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self.decoder.close()
 
 
 class ArraySource(Source):
@@ -564,6 +643,7 @@ class ArraySource(Source):
         name, self._fn = resolve_preprocess(preprocess)
         self.preprocessing = {"preset": name}
         self.total = len(array)
+        self.input_shape = tuple(array.shape[1:])
         h = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
         h.update(np.ascontiguousarray(array).data)
         self.fingerprint = h.hexdigest()
@@ -634,21 +714,77 @@ def _is_pydataset(obj: Any) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How inputs become model inputs: the input part of a run (images and arrays today).
+
+    Attributes:
+        preprocess: a name from :data:`PRESETS`, ``"module:function"`` or a callable;
+            ``None`` is ``"rescale"`` for image files and ``"none"`` for arrays.
+        size: ``(height, width)`` for a model that takes images of any size.
+        resize: a name from :data:`RESAMPLE`.
+        workers: decoding threads (``None``: min(8, CPUs)).
+
+    Example:
+        >>> InputOptions(preprocess="tf", size=(32, 32)).preprocess_for("files")
+        'tf'
+        >>> InputOptions(resize="blurry")
+        Traceback (most recent call last):
+        ...
+        layertap._errors.BadInputError: unknown resize method 'blurry'; valid: 'nearest', \
+'bilinear', 'bicubic', 'lanczos', 'box', 'hamming'
+    """
+
+    preprocess: str | Preprocess | None = None
+    size: tuple[int, int] | None = None
+    resize: str = "bilinear"
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.preprocess is not None:
+            resolve_preprocess(self.preprocess)
+        if self.resize not in RESAMPLE:
+            raise BadInputError(
+                f"unknown resize method {self.resize!r}; valid: "
+                f"{', '.join(repr(r) for r in RESAMPLE)}"
+            )
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise BadInputError(f"size must be (height, width) >= 1, not {self.size!r}")
+        if self.workers is not None and self.workers < 1:
+            raise BadInputError(f"workers must be at least 1, not {self.workers}")
+
+    def preprocess_for(self, kind: str) -> str | Preprocess:
+        """The preprocessing for ``"files"`` (images) or anything else (arrays)."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return "rescale" if kind == "files" else "none"
+
+    def image_spec(self, model: Any) -> ImageSpec:
+        """What each image file becomes for ``model`` (:meth:`ImageSpec.from_model`)."""
+        return ImageSpec.from_model(
+            model, preprocess=self.preprocess_for("files"), size=self.size, resize=self.resize
+        )
+
+
+def _all_paths(inputs: Any) -> bool:
+    return isinstance(inputs, list | tuple) and all(
+        isinstance(i, str | os.PathLike) for i in inputs
+    )
+
+
 def make_source(
     inputs: Any,
     model: Any,
+    options: InputOptions = InputOptions(),  # noqa: B008 (frozen, so safe to share)
     *,
     batch_size: int = 32,
-    preprocess: str | Preprocess | None = None,
-    size: tuple[int, int] | None = None,
-    resize: str = "bilinear",
-    workers: int | None = None,
+    spec: ImageSpec | None = None,
 ) -> Source:
     """Pick the :class:`Source` for ``inputs``.
 
     Paths (a str, a ``PathLike`` or a list of them) are files; a numpy array is
-    rows; anything else iterable is batches. ``preprocess=None`` means
-    ``"rescale"`` for files and ``"none"`` for arrays and batches.
+    rows; anything else iterable is batches. ``spec`` (default: from ``model`` and
+    ``options``) says what an image file becomes.
 
     Example:
         >>> import keras
@@ -657,23 +793,24 @@ def make_source(
         'array'
     """
     if isinstance(inputs, np.ndarray):
-        return ArraySource(inputs, batch_size=batch_size, preprocess=preprocess or "none")
+        return ArraySource(
+            inputs, batch_size=batch_size, preprocess=options.preprocess_for("array")
+        )
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
-    if isinstance(inputs, list | tuple) and all(isinstance(i, str | os.PathLike) for i in inputs):
+    if _all_paths(inputs):
         paths = expand_inputs(inputs)
+        workers = options.workers
         if all(os.fspath(p).lower().endswith(".npy") for p in paths):
             # Arrays only: no image decoding, so the model need not take images.
-            spec = ImageSpec(1, 1, 3, preprocess=preprocess or "none", resize=resize)
-            src = FileSource(paths, spec, batch_size=batch_size, workers=workers)
-            src.preprocessing = {"preset": spec.preset}
+            arrays = ImageSpec(1, 1, 3, preprocess=options.preprocess_for("array"))
+            src = FileSource(paths, arrays, batch_size=batch_size, workers=workers)
+            src.preprocessing = {"preset": arrays.preset}
             return src
-        spec = ImageSpec.from_model(
-            model, preprocess=preprocess or "rescale", size=size, resize=resize
-        )
+        spec = spec or options.image_spec(model)
         return FileSource(paths, spec, batch_size=batch_size, workers=workers)
     if isinstance(inputs, Iterable) or _is_pydataset(inputs):
-        return IterableSource(inputs, preprocess=preprocess or "none")
+        return IterableSource(inputs, preprocess=options.preprocess_for("iterable"))
     raise BadInputError(
         f"inputs of type {type(inputs).__name__} are not supported: pass paths, a numpy "
         "array, an iterable of batches, a tf.data.Dataset or a keras.utils.PyDataset"

@@ -18,9 +18,8 @@ file with the same fingerprint is left as it is.
 
 **Dataset names.** A tap's key (an alias or a canonical path such as
 ``backbone/block_1_conv``) is kept verbatim in the metadata; its array is stored
-under a *safe name* (:func:`safe_name`): each ``/`` becomes ``.``, every character
-other than letters, digits, ``_``, ``-``, ``.`` and ``@`` becomes ``_``, and a name
-that clashes with another tap or a reserved name gets ``_2``, ``_3``, ... appended.
+under its column-safe name from the run's :class:`~layertap.io.schema.TapSchema`,
+which also gives every row shape and dtype.
 
 **HDF5 layout** (read it with h5py)::
 
@@ -38,8 +37,8 @@ that clashes with another tap or a reserved name gets ``_2``, ``_3``, ... append
 ``failed_path``, ``failed_reason``, and ``__layertap__``, a JSON string holding the
 attributes.
 
-**Parquet layout** (:func:`parquet_schema`): one row per input; a ``path`` column
-(string) and one column per tap named by its safe name, a fixed-size list of
+**Parquet layout** (:func:`~layertap.io.schema.parquet_schema`): one row per input;
+a ``path`` column (string) and one column per tap named by its safe name, a fixed-size list of
 float32 holding the row flattened in C order; each tap field's metadata records
 its ``key``, ``layer``, ``shape`` and source ``dtype``, and the schema metadata key
 ``layertap`` holds the attributes and the failed inputs as JSON.
@@ -49,110 +48,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from layertap._errors import OutputError
+from layertap._errors import OutputError, require
+from layertap.io.schema import TapColumn, TapSchema, parquet_schema, parquet_table
 
-if TYPE_CHECKING:
-    from layertap.graph.extractor import TapInfo
-
-__all__ = [
-    "RESERVED",
-    "SUFFIXES",
-    "FeatureWriter",
-    "check_output",
-    "open_writer",
-    "parquet_schema",
-    "safe_name",
-    "safe_names",
-]
+__all__ = ["FORMATS", "SUFFIXES", "FeatureWriter", "check_output", "open_writer"]
 
 #: Output suffix -> format name.
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS = ("hdf5", "npz", "parquet")
 
-#: Names a tap's safe name may not take, per format (the files' own entries).
-RESERVED = {
-    "hdf5": frozenset({"paths", "failed", "progress"}),
-    "npz": frozenset({"paths", "failed_path", "failed_reason", "__layertap__", "progress"}),
-    "parquet": frozenset({"path", "paths", "failed", "progress"}),
-}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
 _CHUNK_BYTES = 1 << 20
 _COPY_BYTES = 16 << 20  # rows copied per step when a spool is converted
-
-
-def safe_name(key: str) -> str:
-    """The dataset name a tap key is stored under (before clashes are resolved).
-
-    Example:
-        >>> safe_name("backbone/block_1_conv"), safe_name("enc@1/split:0"), safe_name("my key")
-        ('backbone.block_1_conv', 'enc@1.split_0', 'my_key')
-    """
-    name = _UNSAFE.sub("_", key.replace("/", "."))
-    return "_" + name if name.startswith(".") or not name else name
-
-
-def safe_names(keys: Sequence[str], reserved: frozenset[str] = frozenset()) -> dict[str, str]:
-    """``{key: unique safe name}``; a clash gets ``_2``, ``_3``, ... in key order.
-
-    Example:
-        >>> safe_names(["a/b", "a.b", "paths"], reserved=frozenset({"paths"}))
-        {'a/b': 'a.b', 'a.b': 'a.b_2', 'paths': 'paths_2'}
-    """
-    taken = set(reserved)
-    names: dict[str, str] = {}
-    for key in keys:
-        base = safe_name(key)
-        name, i = base, 2
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        names[key] = name
-    return names
-
-
-def parquet_schema(
-    columns: Mapping[str, tuple[str, str, tuple[int, ...], str]],
-    metadata: Mapping[str, Any] | None = None,
-) -> Any:
-    """The Parquet schema of a feature file (every engine writes exactly this).
-
-    ``columns`` is ``{column name: (tap key, layer path, row shape, source dtype)}``;
-    ``metadata`` goes, as JSON, under the schema metadata key ``layertap``.
-
-    Example:
-        >>> s = parquet_schema({"emb": ("emb", "embedding", (2, 3), "float32")})
-        >>> [(f.name, str(f.type)) for f in s]
-        [('path', 'string'), ('emb', 'fixed_size_list<item: float>[6]')]
-        >>> json.loads(s.field("emb").metadata[b"shape"])
-        [2, 3]
-    """
-    import pyarrow as pa
-
-    fields = [pa.field("path", pa.string(), nullable=False)]
-    for name, (key, layer, shape, dtype) in columns.items():
-        size = int(np.prod(shape, dtype=np.int64))
-        fields.append(
-            pa.field(
-                name,
-                pa.list_(pa.float32(), size),
-                nullable=False,
-                metadata={
-                    "key": key,
-                    "layer": layer,
-                    "shape": json.dumps(list(shape)),
-                    "dtype": dtype,
-                },
-            )
-        )
-    return pa.schema(fields, metadata={"layertap": json.dumps(dict(metadata or {}))})
 
 
 def output_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -227,23 +140,22 @@ class FeatureWriter:
         self,
         path: Path,
         fmt: str,
-        taps: Mapping[str, TapInfo],
+        schema: TapSchema,
         meta: Mapping[str, Any],
         fingerprint: Mapping[str, Any] | None,
         *,
         overwrite: bool,
-        pool: Mapping[str, str] | None = None,
     ) -> None:
         import h5py
 
         self._h5 = h5py
         self.path = path
         self.format = fmt
-        self.taps = {key: info.path for key, info in taps.items()}
-        self.pool = dict(pool or {})
+        self.schema = schema
+        self.columns = schema.by_key()
         self.meta = dict(meta)
         self.fingerprint = dict(fingerprint) if fingerprint is not None else None
-        self.names = safe_names(list(taps), RESERVED[fmt])
+        self.names = {c.key: c.name for c in schema}
         self.rows = 0
         self.inputs_done = 0
         self.resumed = 0
@@ -257,12 +169,7 @@ class FeatureWriter:
             path.unlink(missing_ok=True)
             self.spool.unlink(missing_ok=True)
         elif fmt != "hdf5" and path.exists():
-            found = _read_finished(path, fmt)
-            self._accept(path, found and found["fingerprint"])
-            found = found or {}
-            self.rows = self.resumed = self.inputs_done = found["rows"]
-            self.failed, self.shapes = found["failed"], found["shapes"]
-            self.complete = True
+            self._adopt_finished()
             return
         if self.spool.exists():
             self._file = self._resume()
@@ -272,13 +179,21 @@ class FeatureWriter:
             self._file = self._create()
         # Taps of a known row shape get their (empty) dataset up front, so even a run
         # in which every input fails writes every tap.
-        for key, info in taps.items():
-            row = tuple(info.shape[1:])
-            if self.names[key] not in self._file and all(isinstance(d, int) for d in row):
-                self._dataset(key, tuple(int(d) for d in row if d is not None), info.dtype)
+        for c in schema:
+            if c.name not in self._file and c.known:
+                self._dataset(c, tuple(int(d) for d in c.shape if d is not None), c.dtype)
         self._file.flush()
 
     # --- opening ------------------------------------------------------------------
+
+    def _adopt_finished(self) -> None:
+        """A finished NPZ / Parquet file of the same run: nothing more to do."""
+        found = _read_finished(self.path, self.format)
+        self._accept(self.path, found and found["fingerprint"])
+        found = found or {}
+        self.rows = self.resumed = self.inputs_done = found["rows"]
+        self.failed, self.shapes = found["failed"], found["shapes"]
+        self.complete = True
 
     def _accept(self, path: Path, old: Mapping[str, Any] | None) -> None:
         if old is None:
@@ -341,16 +256,16 @@ class FeatureWriter:
             return None
         return f
 
-    def _dataset(self, key: str, row: tuple[int, ...], dtype: str) -> Any:
-        name = self.names[key]
+    def _dataset(self, column: TapColumn, row: tuple[int, ...], dtype: str) -> Any:
+        name = column.name
         dt = np.dtype(dtype)
         row_bytes = max(1, int(np.prod(row, dtype=np.int64)) * dt.itemsize)
         chunk_rows = max(1, min(1024, _CHUNK_BYTES // row_bytes))
         ds = self._file.create_dataset(
             name, shape=(0, *row), maxshape=(None, *row), dtype=dt, chunks=(chunk_rows, *row)
         )
-        ds.attrs["key"] = key
-        ds.attrs["layer"] = self.taps[key]
+        ds.attrs["key"] = column.key
+        ds.attrs["layer"] = column.layer
         self.shapes[name] = (0, *row)
         self.dtypes[name] = dt.name
         return ds
@@ -362,16 +277,17 @@ class FeatureWriter:
             k: v if isinstance(v, str | int | float) else json.dumps(v)
             for k, v in self.meta.items()
         }
+        # What was written: a tap that never got a dataset has no shape and no dtype.
         attrs["taps"] = json.dumps(
             {
-                key: {
-                    "dataset": self.names[key],
-                    "layer": self.taps[key],
-                    "shape": list(self.shapes.get(self.names[key], ())),
-                    "dtype": self.dtypes.get(self.names[key], ""),
-                    "pool": self.pool.get(key, "keep"),
+                c.key: {
+                    "dataset": c.name,
+                    "layer": c.layer,
+                    "shape": list(self.shapes.get(c.name, ())),
+                    "dtype": self.dtypes.get(c.name, ""),
+                    "pool": c.reducer,
                 }
-                for key in self.taps
+                for c in self.schema
             }
         )
         attrs["rows"] = self.rows
@@ -390,15 +306,19 @@ class FeatureWriter:
         inputs consumed up to the end of this batch (default: one per row and failure).
         """
         n = len(ids)
-        for key in self.taps:
+        for key in self.names:
             if len(features[key]) != n:
                 raise ValueError(f"tap {key!r} has {len(features[key])} rows for {n} ids")
         f = self._file
         if n:
-            for key in self.taps:
+            for key, column in self.columns.items():
                 batch = np.asarray(features[key])
-                name = self.names[key]
-                ds = f[name] if name in f else self._dataset(key, batch.shape[1:], batch.dtype.name)
+                name = column.name
+                ds = (
+                    f[name]
+                    if name in f
+                    else self._dataset(column, batch.shape[1:], batch.dtype.name)
+                )
                 ds.resize(self.rows + n, axis=0)
                 ds[self.rows :] = batch
                 self.shapes[name] = tuple(ds.shape)
@@ -506,32 +426,42 @@ def _spool_to_npz(spool: Path, out: Path) -> None:
         _write_npy(zf, "__layertap__", (), info.dtype, [info])
 
 
+def _spool_schema(f: Any, taps: Mapping[str, Any]) -> TapSchema:
+    """The schema of the taps a spool holds a dataset for (shapes as written)."""
+    return TapSchema(
+        tuple(
+            TapColumn(
+                key,
+                t["layer"],
+                t["dataset"],
+                tuple(f[t["dataset"]].shape[1:]),
+                t["dtype"],
+                t["pool"],
+            )
+            for key, t in taps.items()
+            if t["dataset"] in f
+        )
+    )
+
+
 def _spool_to_parquet(spool: Path, out: Path) -> None:
     import h5py
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with h5py.File(spool, "r") as f:
         attrs, taps = _spool_meta(f)
-        present = {k: t for k, t in taps.items() if t["dataset"] in f}
-        columns = {
-            t["dataset"]: (key, t["layer"], tuple(f[t["dataset"]].shape[1:]), t["dtype"])
-            for key, t in present.items()
-        }
+        schema = _spool_schema(f, taps)
         failed = list(zip(f["failed/path"].asstr()[:], f["failed/reason"].asstr()[:], strict=True))
-        schema = parquet_schema(columns, {**attrs, "failed": failed})
+        arrow_schema = parquet_schema(schema, {**attrs, "failed": failed})
         n = len(f["paths"])
-        widest = max([int(np.prod(c[2], dtype=np.int64)) for c in columns.values()] or [1])
+        widest = max([c.size for c in schema] or [1])
         step = max(1, min(4096, _COPY_BYTES // (4 * widest)))
-        with pq.ParquetWriter(out, schema) as writer:
+        with pq.ParquetWriter(out, arrow_schema) as writer:
             for i in range(0, max(n, 1), step):
                 j = min(i + step, n)
-                arrays = [pa.array(f["paths"].asstr()[i:j], pa.string())]
-                for name, (_, _, shape, _) in columns.items():
-                    size = int(np.prod(shape, dtype=np.int64))
-                    flat = np.asarray(f[name][i:j], dtype=np.float32).reshape(-1)
-                    arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), size))
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                values = {c.name: f[c.name][i:j] for c in schema}
+                paths = f["paths"].asstr()[i:j]
+                writer.write_table(parquet_table(arrow_schema, schema, paths, values))
                 if n == 0:
                     break
 
@@ -570,43 +500,37 @@ def _read_finished(path: Path, fmt: str) -> dict[str, Any] | None:
 
 def open_writer(
     path: str | os.PathLike[str],
-    taps: Mapping[str, TapInfo],
+    schema: TapSchema,
     meta: Mapping[str, Any],
     *,
     fingerprint: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     format: str | None = None,
-    pool: Mapping[str, str] | None = None,
 ) -> FeatureWriter:
     """Open (or resume) a writer for ``path``; the format by ``format`` or the suffix.
 
-    ``taps`` describes each tap's rows (:class:`~layertap.TapInfo`, batch dimension
-    first); ``meta`` holds the run's attributes; ``fingerprint`` identifies the run
-    (an existing file with another one is refused unless ``overwrite``). Missing
-    parent folders are created.
+    ``schema`` (built for that format) gives each tap's column name, row shape and
+    dtype; ``meta`` holds the
+    run's attributes; ``fingerprint`` identifies the run (an existing file with another
+    one is refused unless ``overwrite``). Missing parent folders are created.
 
     Example:
         >>> import tempfile, h5py
-        >>> from layertap import TapInfo
         >>> out = Path(tempfile.mkdtemp()) / "f.h5"
-        >>> taps = {"emb": TapInfo("emb", "embedding", (None, 4), "float32")}
-        >>> w = open_writer(out, taps, {"model": "m.keras"}, fingerprint={"run": 1})
+        >>> schema = TapSchema.build([("emb", "embedding", (None, 4), "float32")],
+        ...                          {"emb": "keep"}, "hdf5")
+        >>> w = open_writer(out, schema, {"model": "m.keras"}, fingerprint={"run": 1})
         >>> w.write(["a.png", "b.png"], {"emb": np.ones((2, 4), "float32")},
         ...         failed=[("c.png", "cannot identify image file")])
         >>> w.close()
         >>> with h5py.File(out) as f:
         ...     f["emb"].shape, f["emb"].attrs["key"], list(f["failed/path"].asstr())
         ((2, 4), 'emb', ['c.png'])
-        >>> open_writer(out, taps, {}, fingerprint={"run": 1}).complete
+        >>> open_writer(out, schema, {}, fingerprint={"run": 1}).complete
         True
     """
     path = Path(path)
     fmt = check_output(path, format)
     if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError as exc:
-            raise OutputError(
-                "writing Parquet needs pyarrow: pip install 'layertap[parquet]'"
-            ) from exc
-    return FeatureWriter(path, fmt, taps, meta, fingerprint, overwrite=overwrite, pool=pool)
+        require("pyarrow", "parquet", "writing Parquet")
+    return FeatureWriter(path, fmt, schema, meta, fingerprint, overwrite=overwrite)

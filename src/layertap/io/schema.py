@@ -1,0 +1,265 @@
+"""The tap schema: one record per tap, the single source of row shapes for every writer.
+
+A run's taps become a :class:`TapSchema` once, after the model is loaded and the
+reducers are resolved: per tap its key (alias or canonical path), the canonical layer
+path, the column-safe name it is stored under, the shape of one row after its reducer,
+the dtype and the reducer. HDF5, NPZ and Parquet files, and both engines, read row
+shapes, names and dtypes from here; :func:`parquet_schema` and :func:`parquet_table`
+are the only places a Parquet feature table is described or built.
+
+Column names (:func:`safe_name`): each ``/`` becomes ``.``, every character other than
+letters, digits, ``_``, ``-``, ``.`` and ``@`` becomes ``_``, and a name that clashes
+with another tap or with one of the format's own entries (:data:`RESERVED`) gets
+``_2``, ``_3``, ... appended.
+
+This module does not import Keras; a Ray write task imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RESERVED",
+    "TapColumn",
+    "TapSchema",
+    "parquet_schema",
+    "parquet_table",
+    "safe_name",
+    "safe_names",
+]
+
+#: Names a tap's column may not take, per format (the files' own entries).
+RESERVED = {
+    "hdf5": frozenset({"paths", "failed", "progress"}),
+    "npz": frozenset({"paths", "failed_path", "failed_reason", "__layertap__", "progress"}),
+    "parquet": frozenset({"path", "paths", "failed", "progress"}),
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+
+Shape = tuple[int | None, ...]
+
+
+def safe_name(key: str) -> str:
+    """The column a tap key is stored under (before clashes are resolved).
+
+    Example:
+        >>> safe_name("backbone/block_1_conv"), safe_name("enc@1/split:0"), safe_name("my key")
+        ('backbone.block_1_conv', 'enc@1.split_0', 'my_key')
+    """
+    name = _UNSAFE.sub("_", key.replace("/", "."))
+    return "_" + name if name.startswith(".") or not name else name
+
+
+def safe_names(keys: Sequence[str], reserved: frozenset[str] = frozenset()) -> dict[str, str]:
+    """``{key: unique safe name}``; a clash gets ``_2``, ``_3``, ... in key order.
+
+    Example:
+        >>> safe_names(["a/b", "a.b", "paths"], reserved=frozenset({"paths"}))
+        {'a/b': 'a.b', 'a.b': 'a.b_2', 'paths': 'paths_2'}
+    """
+    taken = set(reserved)
+    names: dict[str, str] = {}
+    for key in keys:
+        base = safe_name(key)
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        names[key] = name
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class TapColumn:
+    """One tap as every writer stores it.
+
+    Attributes:
+        key: the tap's key in results (an alias or the canonical path).
+        layer: the canonical path of the tapped place.
+        name: the column-safe name of its dataset or column.
+        shape: one row's shape after the reducer (``None``: known at the first batch).
+        dtype: the dtype name of the values.
+        reducer: the reducer's name (``keep``, ``flatten``, ``avg``, ``max``).
+
+    Example:
+        >>> TapColumn("emb", "backbone/gap", "emb", (2, 3), "float32", "keep").size
+        6
+    """
+
+    key: str
+    layer: str
+    name: str
+    shape: Shape
+    dtype: str
+    reducer: str
+
+    @property
+    def known(self) -> bool:
+        """Every dimension of a row is known."""
+        return all(d is not None for d in self.shape)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The row shape with an unknown dimension as 0 (the shape of no values)."""
+        return tuple(0 if d is None else int(d) for d in self.shape)
+
+    @property
+    def size(self) -> int:
+        """Values in one row (the Parquet list size); needs a known shape."""
+        return int(np.prod(self.dims, dtype=np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class TapSchema:
+    """The taps of a run, in result order, for one output format.
+
+    Example:
+        >>> s = TapSchema.build([("a/b", "a/b", (None, 4), "float32")], {"a/b": "keep"}, "hdf5")
+        >>> [(c.key, c.name, c.shape) for c in s]
+        [('a/b', 'a.b', (4,))]
+    """
+
+    columns: tuple[TapColumn, ...]
+
+    @classmethod
+    def build(
+        cls,
+        taps: Sequence[tuple[str, str, Shape, str]],
+        reducers: Mapping[str, str],
+        fmt: str | None,
+        reserved: frozenset[str] = frozenset(),
+    ) -> TapSchema:
+        """From ``(key, layer, batch shape after the reducer, dtype)`` per tap.
+
+        ``fmt`` picks the reserved names (``None``: results in memory, keyed by key).
+        """
+        keys = [t[0] for t in taps]
+        taken = RESERVED.get(fmt or "", frozenset()) | reserved
+        names = safe_names(keys, taken) if fmt is not None else {k: k for k in keys}
+        return cls(
+            tuple(
+                TapColumn(key, layer, names[key], tuple(shape[1:]), dtype, reducers[key])
+                for key, layer, shape, dtype in taps
+            )
+        )
+
+    def __iter__(self) -> Iterator[TapColumn]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    @property
+    def known(self) -> bool:
+        """Every tap's row shape is known."""
+        return all(c.known for c in self.columns)
+
+    def keys(self) -> list[str]:
+        """The taps' keys, in order."""
+        return [c.key for c in self.columns]
+
+    def by_key(self) -> dict[str, TapColumn]:
+        """``{key: column}``."""
+        return {c.key: c for c in self.columns}
+
+    def layers(self) -> dict[str, str]:
+        """``{key: canonical layer path}``."""
+        return {c.key: c.layer for c in self.columns}
+
+    def reducers(self) -> dict[str, str]:
+        """``{key: reducer}``."""
+        return {c.key: c.reducer for c in self.columns}
+
+    def with_rows(self, rows: Mapping[str, tuple[tuple[int, ...], str]]) -> TapSchema:
+        """The schema with the row shapes and dtypes ``{key: (shape, dtype)}`` filled in."""
+        return TapSchema(
+            tuple(
+                dataclasses.replace(c, shape=rows[c.key][0], dtype=rows[c.key][1])
+                if c.key in rows
+                else c
+                for c in self.columns
+            )
+        )
+
+    def taps_attribute(self, rows: int) -> dict[str, dict[str, Any]]:
+        """The files' ``taps`` record: ``{key: {dataset, layer, shape (rows first), dtype, pool}}``.
+
+        Example:
+            >>> s = TapSchema.build([("e", "e", (None, 2), "float32")], {"e": "avg"}, "parquet")
+            >>> s.taps_attribute(5)["e"]["shape"]
+            [5, 2]
+        """
+        return {
+            c.key: {
+                "dataset": c.name,
+                "layer": c.layer,
+                "shape": [rows, *c.shape],
+                "dtype": c.dtype,
+                "pool": c.reducer,
+            }
+            for c in self.columns
+        }
+
+
+def parquet_schema(schema: TapSchema, metadata: Mapping[str, Any] | None = None) -> Any:
+    """The Parquet schema of a feature file (every engine writes exactly this).
+
+    A ``path`` column (string), then one column per tap: a fixed-size list of float32
+    holding the row flattened in C order, whose field metadata records the tap's
+    ``key``, ``layer``, ``shape`` and source ``dtype``. ``metadata`` goes, as JSON,
+    under the schema metadata key ``layertap``.
+
+    Example:
+        >>> s = TapSchema.build([("emb", "embedding", (None, 2, 3), "float32")],
+        ...                     {"emb": "keep"}, "parquet")
+        >>> p = parquet_schema(s)
+        >>> [(f.name, str(f.type)) for f in p]
+        [('path', 'string'), ('emb', 'fixed_size_list<item: float>[6]')]
+        >>> json.loads(p.field("emb").metadata[b"shape"])
+        [2, 3]
+    """
+    import pyarrow as pa
+
+    fields = [pa.field("path", pa.string(), nullable=False)]
+    for c in schema:
+        fields.append(
+            pa.field(
+                c.name,
+                pa.list_(pa.float32(), c.size),
+                nullable=False,
+                metadata={
+                    "key": c.key,
+                    "layer": c.layer,
+                    "shape": json.dumps(list(c.shape)),
+                    "dtype": c.dtype,
+                },
+            )
+        )
+    return pa.schema(fields, metadata={"layertap": json.dumps(dict(metadata or {}))})
+
+
+def parquet_table(
+    arrow_schema: Any, schema: TapSchema, paths: Sequence[str], values: Mapping[str, Any]
+) -> Any:
+    """One ``pyarrow.Table`` of rows: ``paths`` and ``{column name: array (rows first)}``.
+
+    Example:
+        >>> s = TapSchema.build([("e", "e", (None, 2), "float32")], {"e": "keep"}, "parquet")
+        >>> t = parquet_table(parquet_schema(s), s, ["a.png"], {"e": np.ones((1, 2))})
+        >>> t.num_rows, t["e"].to_pylist()
+        (1, [[1.0, 1.0]])
+    """
+    import pyarrow as pa
+
+    arrays = [pa.array(list(paths), pa.string())]
+    for c in schema:
+        flat = np.asarray(values[c.name], dtype=np.float32).reshape(-1)
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), c.size))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema)
