@@ -7,6 +7,7 @@ import ast
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from tools.code_shape import MAX_LINES, MAX_PARAMS, SRC, functions
 
@@ -119,3 +120,26 @@ def test_functions_are_short_and_narrow_or_say_why() -> None:
         if lines > MAX_LINES and "Long because" not in doc:
             long.append(f"{name} ({lines} lines)")
     assert not wide and not long, f"too wide: {wide}; too long: {long}"
+
+
+def test_extract_has_precise_return_types(tmp_path: Path) -> None:
+    """A type checker knows ``extract`` gives Features in memory, ExtractResult to a file."""
+    import keras
+    import pytest
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a static check: once is enough (on the TensorFlow run)")
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "import numpy as np\nimport layertap\n"
+        "m = layertap.load_model('m.keras')\n"
+        "reveal_type(layertap.extract(m, np.zeros((2, 3)), ['d']))\n"
+        "reveal_type(layertap.extract(m, np.zeros((2, 3)), ['d'], 'f.h5'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary", "--follow-imports=silent",
+         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
+        capture_output=True, text=True, cwd=SRC.parents[1],
+    )  # fmt: skip
+    revealed = [line.split('"')[1] for line in done.stdout.splitlines() if "Revealed" in line]
+    assert revealed == ["layertap.engines.local.Features", "layertap.engines.local.ExtractResult"]
