@@ -4,7 +4,7 @@ A custom layer's sublayers, the sublayers of a subclassed model, and tensors a
 layer author exposes with :func:`tap` get no graph nodes, so they cannot be
 replayed. They are captured instead: for the duration of one call of their
 *root* (the custom layer, or the subclassed model), each wanted sublayer's
-``call`` is wrapped on the instance (``object.__setattr__``, removed afterwards)
+``call`` is wrapped on the instance (``keras_internals.patch_call``, undone afterwards)
 and records its outputs; :func:`tap` records into the same session. The root is
 called through :class:`Capture`, a layer that returns the root's outputs and the
 captured tensors together, so they never escape the traced function: this works

@@ -89,6 +89,9 @@ class LayerInfo:
         >>> walk(m)[0]  # doctest: +NORMALIZE_WHITESPACE
         LayerInfo(path='d', index=0, class_name='Dense', output_shape=(None, 2),
                   dtype='float32', params=8, depth=0, is_model=False, trace_error=None)
+        >>> twin = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> walk(twin) == walk(m)  # other layer objects, the same place
+        True
     """
 
     path: str
