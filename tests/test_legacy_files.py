@@ -158,7 +158,10 @@ def test_savedmodel_needs_tf_keras(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "saved_model.pb").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "tf_keras", None)  # import tf_keras -> ImportError
-    with pytest.raises(layertap.ModelLoadError, match=r"layertap\[legacy\].*tf-keras"):
+    with pytest.raises(
+        layertap.MissingDependencyError,
+        match=r"SavedModel directory.*'tf_keras'.*layertap\[legacy\]",
+    ):
         layertap.load_model(tmp_path / "saved")
 
 

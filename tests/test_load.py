@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import keras
@@ -126,3 +127,21 @@ def test_public_names_are_pinned() -> None:
         assert hasattr(layertap, name)
     errors = [getattr(layertap, n) for n in layertap.__all__ if n.endswith("Error")]
     assert all(issubclass(e, layertap.LayertapError) for e in errors)
+
+
+def test_a_missing_optional_package_names_its_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    x = np.ones((4, 3), "float32")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails
+    with pytest.raises(layertap.MissingDependencyError, match=r"'layertap\[parquet\]'") as info:
+        layertap.extract(model, x, ["d"], tmp_path / "f.parquet")
+    assert isinstance(info.value, ImportError)
+    assert not (tmp_path / "f.parquet").exists()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    from layertap import ray as layertap_ray
+
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(layertap.MissingDependencyError, match=r"'layertap\[ray\]'"):
+        layertap_ray.extract_parquet(tmp_path / "m.keras", [tmp_path], ["d"], tmp_path / "out")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import layertap
 from layertap.cli import cli
 from layertap.io.reduce import parse_pool_options, resolve_pool
-from layertap.io.schema import TapSchema, parquet_schema
+from layertap.io.schema import TapInfo, TapSchema, parquet_schema
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -100,7 +100,10 @@ def test_each_writer_reads_back_equal_to_keras(
 
 def test_parquet_schema_is_one_function() -> None:
     taps = TapSchema.build(
-        [("a/b", "a/b", (None, 2, 2), "float16"), ("c", "gap", (None, 3), "float32")],
+        [
+            TapInfo("a/b", "a/b", (None, 2, 2), "float16"),
+            TapInfo("c", "gap", (None, 5, 3), "float32"),
+        ],
         {"a/b": "keep", "c": "avg"},
         "parquet",
     )

@@ -27,7 +27,7 @@ import numpy as np
 
 from layertap._errors import BadInputError, BadSpecError, OutputError
 from layertap.io.data import InputOptions, Source, make_source
-from layertap.io.reduce import REDUCERS, reduce, reduced_shape, resolve_pool
+from layertap.io.reduce import REDUCERS, reduce, resolve_pool
 from layertap.io.schema import TapSchema
 from layertap.io.write import check_output
 
@@ -337,7 +337,8 @@ def run_fingerprint(
     resume. Every engine records this, so their outputs can be compared.
 
     Example:
-        >>> s = TapSchema.build([("d", "d", (None, 1), "float32")], {"d": "keep"}, None)
+        >>> from layertap.io.schema import TapInfo
+        >>> s = TapSchema.build([TapInfo("d", "d", (None, 1), "float32")], {"d": "keep"}, None)
         >>> sorted(run_fingerprint("ab12", s, {}, "cd34"))
         ['inputs', 'model', 'pool', 'preprocessing', 'taps']
     """
@@ -380,11 +381,7 @@ def tap_schema(
     Shapes come from the feature model's outputs after the reducers; a shape still
     open is found by one zero input of ``input_shape`` (when the inputs say it).
     """
-    taps = [
-        (key, info.path, reduced_shape(reducers[key], info.shape), info.dtype)
-        for key, info in extractor.outputs.items()
-    ]
-    schema = TapSchema.build(taps, reducers, fmt, reserved)
+    schema = TapSchema.build(list(extractor.outputs.values()), reducers, fmt, reserved)
     if schema.known or input_shape is None:
         return schema
     return schema.with_rows(row_shapes(extractor, reducers, input_shape))

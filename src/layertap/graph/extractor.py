@@ -7,7 +7,6 @@ input checks, batching and numpy results.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,25 +19,9 @@ from layertap.graph import keras_internals as ki
 from layertap.graph.build import build_model, needed_inputs
 from layertap.graph.resolve import Spec, resolve
 from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
+from layertap.io.schema import TapInfo
 
 __all__ = ["Extractor", "TapInfo", "feature_model"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TapInfo:
-    """What one output of an :class:`Extractor` holds, known before any batch runs.
-
-    Attributes:
-        name: the key of this output in the result dict (alias or canonical path).
-        path: the canonical path of the tapped place.
-        shape: the output shape, batch dimension first (``None``).
-        dtype: the output dtype name.
-    """
-
-    name: str
-    path: str
-    shape: tuple[int | None, ...]
-    dtype: str
 
 
 def _shape(x: Any) -> tuple[int | None, ...] | None:

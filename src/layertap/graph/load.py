@@ -44,7 +44,7 @@ from typing import Any
 import h5py
 import keras
 
-from layertap._errors import ModelLoadError
+from layertap._errors import ModelLoadError, require
 
 __all__ = ["load_custom_objects", "load_model"]
 
@@ -54,7 +54,6 @@ _FORMATS = (
     ".keras (Keras 3) and .h5 / .hdf5 (Keras 3 or tf.keras 2) files, "
     "and SavedModel directories (with tf_keras installed)"
 )
-_LEGACY_INSTALL = 'pip install "layertap[legacy]" (or pip install tf-keras)'
 _CUSTOM_HINT = (
     "pass it as load_model(..., custom_objects={{{name!r}: cls}}) in Python, "
     "or --custom-objects FILE.py (or module:attr) on the command line"
@@ -399,14 +398,12 @@ def _savedmodel_lambda(path: Path) -> str | None:
 def _load_savedmodel(
     path: Path, custom_objects: Mapping[str, Any] | None, safe_mode: bool
 ) -> keras.Model:
-    try:
-        tf_keras = importlib.import_module("tf_keras")
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"model path {str(path)!r} is a TensorFlow SavedModel directory; Keras 3 "
-            "cannot rebuild one as a model with layers, and the tf_keras package (Keras 2) "
-            f"that can is not installed: {_LEGACY_INSTALL}"
-        ) from exc
+    tf_keras = require(
+        "tf_keras",
+        "legacy",
+        f"model path {str(path)!r} is a TensorFlow SavedModel directory, which Keras 3 "
+        "cannot rebuild as a model with layers; loading it",
+    )
     if not (path / "keras_metadata.pb").is_file():
         raise ModelLoadError(
             f"SavedModel {str(path)!r} has no keras_metadata.pb: it was not saved by "

@@ -25,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from layertap.io.reduce import reduced_shape
+
 __all__ = [
     "RESERVED",
     "TapColumn",
+    "TapInfo",
     "TapSchema",
     "parquet_schema",
     "parquet_table",
@@ -77,6 +80,27 @@ def safe_names(keys: Sequence[str], reserved: frozenset[str] = frozenset()) -> d
 
 
 @dataclasses.dataclass(frozen=True)
+class TapInfo:
+    """What one output of an :class:`~layertap.Extractor` holds, known before any batch runs.
+
+    Attributes:
+        name: the key of this output in the result dict (alias or canonical path).
+        path: the canonical path of the tapped place.
+        shape: the output shape, batch dimension first (``None``).
+        dtype: the output dtype name.
+
+    Example:
+        >>> TapInfo("emb", "backbone/gap", (None, 64), "float32").shape
+        (None, 64)
+    """
+
+    name: str
+    path: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
 class TapColumn:
     """One tap as every writer stores it.
 
@@ -121,9 +145,10 @@ class TapSchema:
     """The taps of a run, in result order, for one output format.
 
     Example:
-        >>> s = TapSchema.build([("a/b", "a/b", (None, 4), "float32")], {"a/b": "keep"}, "hdf5")
-        >>> [(c.key, c.name, c.shape) for c in s]
-        [('a/b', 'a.b', (4,))]
+        >>> taps = [TapInfo("a/b", "a/b", (None, 4, 4, 8), "float32")]
+        >>> s = TapSchema.build(taps, {"a/b": "avg"}, "hdf5")
+        >>> [(c.key, c.name, c.shape, c.reducer) for c in s]
+        [('a/b', 'a.b', (8,), 'avg')]
     """
 
     columns: tuple[TapColumn, ...]
@@ -131,24 +156,23 @@ class TapSchema:
     @classmethod
     def build(
         cls,
-        taps: Sequence[tuple[str, str, Shape, str]],
+        taps: Sequence[TapInfo],
         reducers: Mapping[str, str],
         fmt: str | None,
         reserved: frozenset[str] = frozenset(),
     ) -> TapSchema:
-        """From ``(key, layer, batch shape after the reducer, dtype)`` per tap.
+        """From the taps (shapes as the model gives them) and ``{key: reducer}``.
 
         ``fmt`` picks the reserved names (``None``: results in memory, keyed by key).
         """
-        keys = [t[0] for t in taps]
+        keys = [t.name for t in taps]
         taken = RESERVED.get(fmt or "", frozenset()) | reserved
         names = safe_names(keys, taken) if fmt is not None else {k: k for k in keys}
-        return cls(
-            tuple(
-                TapColumn(key, layer, names[key], tuple(shape[1:]), dtype, reducers[key])
-                for key, layer, shape, dtype in taps
-            )
-        )
+        columns = []
+        for t in taps:
+            row = reduced_shape(reducers[t.name], t.shape)[1:]
+            columns.append(TapColumn(t.name, t.path, names[t.name], row, t.dtype, reducers[t.name]))
+        return cls(tuple(columns))
 
     def __iter__(self) -> Iterator[TapColumn]:
         return iter(self.columns)
@@ -192,7 +216,8 @@ class TapSchema:
         """The files' ``taps`` record: ``{key: {dataset, layer, shape (rows first), dtype, pool}}``.
 
         Example:
-            >>> s = TapSchema.build([("e", "e", (None, 2), "float32")], {"e": "avg"}, "parquet")
+            >>> s = TapSchema.build([TapInfo("e", "e", (None, 2), "float32")], {"e": "avg"},
+            ...                     "parquet")
             >>> s.taps_attribute(5)["e"]["shape"]
             [5, 2]
         """
@@ -217,7 +242,7 @@ def parquet_schema(schema: TapSchema, metadata: Mapping[str, Any] | None = None)
     under the schema metadata key ``layertap``.
 
     Example:
-        >>> s = TapSchema.build([("emb", "embedding", (None, 2, 3), "float32")],
+        >>> s = TapSchema.build([TapInfo("emb", "embedding", (None, 2, 3), "float32")],
         ...                     {"emb": "keep"}, "parquet")
         >>> p = parquet_schema(s)
         >>> [(f.name, str(f.type)) for f in p]
@@ -251,7 +276,8 @@ def parquet_table(
     """One ``pyarrow.Table`` of rows: ``paths`` and ``{column name: array (rows first)}``.
 
     Example:
-        >>> s = TapSchema.build([("e", "e", (None, 2), "float32")], {"e": "keep"}, "parquet")
+        >>> s = TapSchema.build([TapInfo("e", "e", (None, 2), "float32")], {"e": "keep"},
+        ...                     "parquet")
         >>> t = parquet_table(parquet_schema(s), s, ["a.png"], {"e": np.ones((1, 2))})
         >>> t.num_rows, t["e"].to_pylist()
         (1, [[1.0, 1.0]])

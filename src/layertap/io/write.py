@@ -517,7 +517,8 @@ def open_writer(
     Example:
         >>> import tempfile, h5py
         >>> out = Path(tempfile.mkdtemp()) / "f.h5"
-        >>> schema = TapSchema.build([("emb", "embedding", (None, 4), "float32")],
+        >>> from layertap.io.schema import TapInfo
+        >>> schema = TapSchema.build([TapInfo("emb", "embedding", (None, 4), "float32")],
         ...                          {"emb": "keep"}, "hdf5")
         >>> w = open_writer(out, schema, {"model": "m.keras"}, fingerprint={"run": 1})
         >>> w.write(["a.png", "b.png"], {"emb": np.ones((2, 4), "float32")},
