@@ -304,6 +304,7 @@ def extract(**flags: Any) -> None:
     _quiet_backend_logs()
     import logging
 
+    from layertap.engines import get_engine
     from layertap.io.data import expand_inputs
 
     # Everything that is cheap to check is checked before the slow model load.
@@ -318,7 +319,7 @@ def extract(**flags: Any) -> None:
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
 
     try:
-        result = _engine(run.engine).extract(run, skipped)
+        result = get_engine(run.engine).extract(run, skipped)
     except KeyboardInterrupt:
         _error(f"interrupted; run the same command again to resume {run.output.path}")
         sys.exit(130)
@@ -355,17 +356,6 @@ def _run_from_flags(flags: dict[str, Any]) -> Any:
         ray=RayOptions(f["address"], f["concurrency"], f["num_cpus"], f["num_gpus"]),
         progress=False if f["quiet"] else None,
     )
-
-
-def _engine(name: str) -> Any:
-    """The engine a run names: both take a run and return what they wrote."""
-    if name == "ray":
-        from layertap.engines.ray import RayEngine
-
-        return RayEngine()
-    from layertap.engines.local import LocalEngine
-
-    return LocalEngine()
 
 
 def _summary(result: Any, out: Path, engine: str) -> str:
