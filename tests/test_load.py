@@ -145,3 +145,12 @@ def test_a_missing_optional_package_names_its_extra(
     model.save(tmp_path / "m.keras")
     with pytest.raises(layertap.MissingDependencyError, match=r"'layertap\[ray\]'"):
         layertap_ray.extract_parquet(tmp_path / "m.keras", [tmp_path], ["d"], tmp_path / "out")
+
+
+def test_ray_names_moved_to_layertap_ray_and_still_resolve() -> None:
+    import layertap.ray
+
+    for name in ("FeatureMapper", "extract_dataset", "extract_parquet"):
+        assert name not in layertap.__all__ and name in layertap.ray.__all__
+        with pytest.warns(DeprecationWarning, match=f"layertap.ray.{name}"):
+            assert getattr(layertap, name) is getattr(layertap.ray, name)
