@@ -30,7 +30,7 @@ from layertap.engines.run import (
     run_fingerprint,
 )
 from layertap.io.data import Batch, InputOptions, Preprocess
-from layertap.io.reduce import reduce
+from layertap.io.reduce import reduce_taps
 from layertap.io.write import FeatureWriter, open_writer
 
 __all__ = [
@@ -105,7 +105,7 @@ def _report(batch: Batch, on_failed: OnFailed) -> None:
 
 
 def _forward(p: Plan, x: np.ndarray) -> dict[str, np.ndarray]:
-    return {key: reduce(p.reducers[key], value) for key, value in p.extractor(x).items()}
+    return reduce_taps(p.reducers, p.extractor(x), x)
 
 
 class LocalEngine:

@@ -76,7 +76,7 @@ from layertap.engines.run import (
     tap_schema,
 )
 from layertap.io.data import Decoder, ImageSpec, InputOptions, Preprocess, Source
-from layertap.io.reduce import reduce, resolve_pool
+from layertap.io.reduce import reduce_taps, resolve_pool
 from layertap.io.schema import TapSchema, parquet_schema, parquet_table
 
 if TYPE_CHECKING:
@@ -255,9 +255,10 @@ class FeatureMapper:
         ok = [i for i, x in enumerate(xs) if x is not None]
         feats: dict[str, np.ndarray] = {}
         if ok:
-            for key, value in self.extractor(np.stack([xs[i] for i in ok])).items():
-                feats[key] = reduce(self.reducers[key], np.asarray(value))
-                self._rows.setdefault(key, (feats[key].shape[1:], feats[key].dtype.name))
+            x = np.stack([xs[i] for i in ok])
+            feats = reduce_taps(self.reducers, self.extractor(x), x)
+            for key, value in feats.items():
+                self._rows.setdefault(key, (value.shape[1:], value.dtype.name))
         out: dict[str, np.ndarray] = {
             "path": np.array(paths, dtype=object),
             FAILED_COLUMN: np.array(reasons, dtype=object),

@@ -27,7 +27,7 @@ import numpy as np
 
 from layertap._errors import BadInputError, BadSpecError, OutputError
 from layertap.io.data import InputOptions, Source, make_source
-from layertap.io.reduce import REDUCERS, reduce, resolve_pool
+from layertap.io.reduce import REDUCERS, check_reducer, reduce_taps, resolve_pool
 from layertap.io.schema import TapSchema
 from layertap.io.write import check_output
 
@@ -362,11 +362,8 @@ def row_shapes(
     the forward pass of one row gives the size a batch will have.
     """
     x = np.zeros((1, *input_shape), np.float32)
-    out = {}
-    for key, value in extractor(x).items():
-        reduced = reduce(reducers[key], np.asarray(value))
-        out[key] = (tuple(int(d) for d in reduced.shape[1:]), reduced.dtype.name)
-    return out
+    reduced = reduce_taps(reducers, extractor(x), x)
+    return {k: (tuple(int(d) for d in v.shape[1:]), v.dtype.name) for k, v in reduced.items()}
 
 
 def tap_schema(
@@ -381,6 +378,8 @@ def tap_schema(
     Shapes come from the feature model's outputs after the reducers; a shape still
     open is found by one zero input of ``input_shape`` (when the inputs say it).
     """
+    for key, info in extractor.outputs.items():
+        check_reducer(reducers[key], info.shape, key)  # names the tap a reducer cannot take
     schema = TapSchema.build(list(extractor.outputs.values()), reducers, fmt, reserved)
     if schema.known or input_shape is None:
         return schema

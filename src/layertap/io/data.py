@@ -31,7 +31,7 @@ import hashlib
 import importlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,9 @@ __all__ = [
     "InputOptions",
     "IterableSource",
     "Source",
+    "TEXT_SUFFIXES",
+    "TextSource",
+    "expand_text_inputs",
     "expand_inputs",
     "load_image",
     "make_source",
@@ -407,14 +410,15 @@ class Batch:
     """One batch from a :class:`Source`.
 
     Attributes:
-        ids: one id per row of ``x`` (a file path, ``file.npy[i]`` or ``array[i]``).
-        x: the model's input for these rows.
+        ids: one id per row of ``x`` (a file path, ``file.npy[i]``, ``array[i]``,
+            ``file:line`` of a text).
+        x: the model's input for these rows (an array, or ``{input name: array}``).
         failed: ``(id, reason)`` for inputs skipped since the previous batch.
         end: the number of inputs consumed so far, counted from the first input.
     """
 
     ids: list[str]
-    x: np.ndarray
+    x: Any
     failed: list[tuple[str, str]]
     end: int
 
@@ -707,6 +711,213 @@ class IterableSource(Source):
             yield Batch([f"batch[{b}][{i}]" for i in range(len(x))], x, [], end)
 
 
+# --- text ------------------------------------------------------------------------------
+
+#: Text file suffixes: one example per line (.txt) or per row, in a text column.
+TEXT_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet", ".pq")
+
+#: A text encoder: a list of strings -> the model's inputs (``{name: array}``, rows first).
+Encode = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+def _text_rows(path: Path, column: str | None) -> Iterator[tuple[str, str | None, str]]:
+    """``(row id, text or None, reason)`` for every row of one text file."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        yield from _txt_rows(path)
+    elif suffix == ".jsonl":
+        yield from _jsonl_rows(path, column or "text")
+    elif suffix == ".csv":
+        yield from _csv_rows(path, column or "text")
+    elif suffix in (".parquet", ".pq"):
+        yield from _parquet_rows(path, column or "text")
+    else:
+        raise BadInputError(
+            f"input {str(path)!r} is not a text file: layertap reads text from "
+            f"{', '.join(TEXT_SUFFIXES)}"
+        )
+
+
+def _checked(row_id: str, text: Any) -> tuple[str, str | None, str]:
+    if text is None:
+        return row_id, None, "no text (null)"
+    if not isinstance(text, str):
+        return row_id, None, f"not text: a {type(text).__name__}"
+    if not text.strip():
+        return row_id, None, "empty text"
+    return row_id, text, ""
+
+
+def _txt_rows(path: Path) -> Iterator[tuple[str, str | None, str]]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            row_id = f"{path}:{number}"
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield row_id, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                continue
+            yield _checked(row_id, text)
+
+
+def _jsonl_rows(path: Path, column: str) -> Iterator[tuple[str, str | None, str]]:
+    import json
+
+    for row_id, line, reason in _txt_rows(path):
+        if line is None:
+            if reason != "empty text":  # blank lines separate nothing in JSON Lines
+                yield row_id, None, reason
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            yield row_id, None, f"not JSON ({exc})"
+            continue
+        if not isinstance(record, dict) or column not in record:
+            yield row_id, None, f"no {column!r} field"
+            continue
+        yield _checked(row_id, record[column])
+
+
+def _csv_rows(path: Path, column: str) -> Iterator[tuple[str, str | None, str]]:
+    with open(path, newline="", encoding="utf-8", errors="strict") as f:
+        try:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or column not in reader.fieldnames:
+                raise BadInputError(
+                    f"input {str(path)!r} has the columns {reader.fieldnames or []!r}, not "
+                    f"{column!r}; choose one with text_column= (--text-column)"
+                )
+            for row in reader:
+                yield _checked(f"{path}:{reader.line_num}", row.get(column))
+        except UnicodeDecodeError as exc:
+            raise BadInputError(f"input {str(path)!r} is not UTF-8 text: {exc}") from exc
+
+
+def _parquet_rows(path: Path, column: str) -> Iterator[tuple[str, str | None, str]]:
+    from layertap._errors import require
+
+    pq = require("pyarrow.parquet", "parquet", "reading text from Parquet")
+    names = pq.read_schema(path).names
+    if column not in names:
+        raise BadInputError(
+            f"input {str(path)!r} has the columns {names!r}, not {column!r}; "
+            "choose one with text_column= (--text-column)"
+        )
+    values = pq.read_table(path, columns=[column])[column].to_pylist()
+    for i, text in enumerate(values):
+        yield _checked(f"{path}#{i}", text)
+
+
+def expand_text_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Text files, folders (their text files, recursively, sorted) and globs -> text files.
+
+    Unlike :func:`expand_inputs`, a ``.txt`` or ``.csv`` file here holds the texts
+    themselves, not a list of paths.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for name in ["b.txt", "a.jsonl", "notes.md"]:
+        ...     (d / name).touch()
+        >>> [p.name for p in expand_text_inputs([d])]
+        ['a.jsonl', 'b.txt']
+    """
+    files: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                )
+            )
+        elif path.exists():
+            files.append(path)
+        elif _GLOB_CHARS & set(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise BadInputError(f"input pattern {text!r} matches no file")
+            files.extend(found)
+        else:
+            raise BadInputError(
+                f"input {text!r} does not exist (expected a text file: "
+                f"{', '.join(TEXT_SUFFIXES)}, a folder of them or a glob)"
+            )
+    return files
+
+
+class TextSource(Source):
+    """Lines or rows of text, encoded batch by batch into the model's inputs.
+
+    ``inputs`` are text files (:data:`TEXT_SUFFIXES`) or the texts themselves. A row
+    id is ``file:line`` (``.txt``, ``.jsonl``, ``.csv``), ``file#row`` (Parquet) or
+    ``text[i]``. An empty line, bytes that are not UTF-8, a JSON line without the text
+    field, or a null is skipped and reported, like an image that cannot be decoded.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "lines.txt"
+        >>> _ = f.write_text("a cat\\n\\nthe dog sat\\n")
+        >>> def encode(texts):
+        ...     return {"length": np.array([[len(t)] for t in texts])}
+        >>> [(b.ids, b.x["length"].ravel().tolist(), b.failed)
+        ...  for b in TextSource([f], encode).batches()]  # doctest: +ELLIPSIS
+        [(['...lines.txt:1', '...lines.txt:3'], [5, 11], [('...lines.txt:2', 'empty text')])]
+    """
+
+    kind = "text"
+
+    def __init__(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        encode: Encode,
+        *,
+        batch_size: int = 32,
+        text_column: str | None = None,
+        description: Mapping[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise BadInputError(f"batch size must be at least 1, not {batch_size}")
+        self.encode = encode
+        self.batch_size = batch_size
+        self.rows: list[tuple[str, str | None, str]] = []
+        h = hashlib.sha256()
+        for i, item in enumerate(inputs):
+            if isinstance(item, str) and not isinstance(item, os.PathLike):
+                self.rows.append(_checked(f"text[{i}]", item))
+                h.update(item.encode() + b"\0")
+                continue
+            path = Path(item)
+            self.rows.extend(_text_rows(path, text_column))
+            st = path.stat()
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        if not self.rows:
+            raise BadInputError("no text found in the inputs (the files are empty)")
+        for row_id, _, _ in self.rows:
+            h.update(row_id.encode() + b"\0")
+        self.total = len(self.rows)
+        self.fingerprint = h.hexdigest()
+        self.preprocessing = {"text_column": text_column, **(description or {})}
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        ids: list[str] = []
+        texts: list[str] = []
+        failed: list[tuple[str, str]] = []
+        for i in range(start, len(self.rows)):
+            row_id, text, reason = self.rows[i]
+            if text is None:
+                failed.append((row_id, reason))
+            else:
+                ids.append(row_id)
+                texts.append(text)
+            if len(ids) == self.batch_size or (i == len(self.rows) - 1 and (ids or failed)):
+                x: Any = self.encode(texts) if texts else {}
+                yield Batch(ids, x, failed, i + 1)
+                ids, texts, failed = [], [], []
+
+
 def _is_pydataset(obj: Any) -> bool:
     for cls in type(obj).__mro__:
         if cls.__name__ == "PyDataset" and cls.__module__.startswith("keras"):
@@ -724,6 +935,10 @@ class InputOptions:
         size: ``(height, width)`` for a model that takes images of any size.
         resize: a name from :data:`RESAMPLE`.
         workers: decoding threads (``None``: min(8, CPUs)).
+        text_column: the column (``.csv``, Parquet) or field (``.jsonl``) holding the text
+            (``None``: ``"text"``).
+        sequence_length: tokens per text for a model with a text preprocessor (``None``:
+            the preprocessor's own).
 
     Example:
         >>> InputOptions(preprocess="tf", size=(32, 32)).preprocess_for("files")
@@ -739,9 +954,13 @@ class InputOptions:
     size: tuple[int, int] | None = None
     resize: str = "bilinear"
     workers: int | None = None
+    text_column: str | None = None
+    sequence_length: int | None = None
 
     def __post_init__(self) -> None:
-        if self.preprocess is not None:
+        if self.sequence_length is not None and self.sequence_length < 1:
+            raise BadInputError(f"sequence length must be at least 1, not {self.sequence_length}")
+        if self.preprocess is not None and not _is_text_preprocessor(self.preprocess):
             resolve_preprocess(self.preprocess)
         if self.resize not in RESAMPLE:
             raise BadInputError(
@@ -766,6 +985,11 @@ class InputOptions:
         )
 
 
+def _is_text_preprocessor(preprocess: Any) -> bool:
+    """A keras-hub preprocessor object (it tokenizes; it is not a per-image function)."""
+    return type(preprocess).__module__.startswith("keras_hub")
+
+
 def _all_paths(inputs: Any) -> bool:
     return isinstance(inputs, list | tuple) and all(
         isinstance(i, str | os.PathLike) for i in inputs
@@ -779,12 +1003,15 @@ def make_source(
     *,
     batch_size: int = 32,
     spec: ImageSpec | None = None,
+    encode: Encode | None = None,
 ) -> Source:
     """Pick the :class:`Source` for ``inputs``.
 
     Paths (a str, a ``PathLike`` or a list of them) are files; a numpy array is
     rows; anything else iterable is batches. ``spec`` (default: from ``model`` and
-    ``options``) says what an image file becomes.
+    ``options``) says what an image file becomes. With ``encode`` (a model with a text
+    preprocessor), inputs are text: a path or a list of ``Path`` objects are text files
+    (:data:`TEXT_SUFFIXES`), and each ``str`` in a list is one text.
 
     Example:
         >>> import keras

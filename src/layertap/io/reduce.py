@@ -38,19 +38,25 @@ A choice for every tap is a *pool spec*: one name for every tap, or a dict
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from layertap._errors import BadSpecError
 
 __all__ = [
+    "MASK_INPUT",
     "REDUCERS",
     "check_reducer",
     "parse_pool_options",
     "reduce",
+    "reduce_taps",
     "reduced_shape",
     "resolve_pool",
 ]
+
+#: The model input that marks real tokens (keras-hub's name); its batch is the mask.
+MASK_INPUT = "padding_mask"
 
 #: Reducer names, with their aliases.
 REDUCERS = {
@@ -257,3 +263,21 @@ def reduce(name: str, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     axes = tuple(range(1, x.ndim - 1))
     out: np.ndarray = x.mean(axis=axes) if name == "avg" else x.max(axis=axes)
     return out.astype(x.dtype, copy=False)
+
+
+def reduce_taps(
+    reducers: Mapping[str, str], outputs: Mapping[str, Any], inputs: Any = None
+) -> dict[str, np.ndarray]:
+    """Every tap's reducer, with the batch's padding mask when the inputs hold one.
+
+    ``inputs`` is the batch as the model took it; a dict with :data:`MASK_INPUT` gives
+    the mask that token-aware reducers use (both engines call this).
+
+    Example:
+        >>> x = np.arange(6, dtype="float32").reshape(1, 3, 2)
+        >>> reduce_taps({"t": "avg"}, {"t": x}, {"padding_mask": np.array([[1, 1, 0]])})
+        {'t': array([[1., 2.]], dtype=float32)}
+    """
+    mask = inputs.get(MASK_INPUT) if isinstance(inputs, Mapping) else None
+    mask = None if mask is None else np.asarray(mask)
+    return {key: reduce(reducers[key], np.asarray(value), mask) for key, value in outputs.items()}

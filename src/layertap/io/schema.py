@@ -110,7 +110,8 @@ class TapColumn:
         name: the column-safe name of its dataset or column.
         shape: one row's shape after the reducer (``None``: known at the first batch).
         dtype: the dtype name of the values.
-        reducer: the reducer's name (``keep``, ``flatten``, ``avg``, ``max``).
+        reducer: the reducer's name (``keep``, ``flatten``, ``avg``, ``max``, ``first``,
+            ``last``).
 
     Example:
         >>> TapColumn("emb", "backbone/gap", "emb", (2, 3), "float32", "keep").size
