@@ -851,10 +851,11 @@ def expand_text_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 class TextSource(Source):
     """Lines or rows of text, encoded batch by batch into the model's inputs.
 
-    ``inputs`` are text files (:data:`TEXT_SUFFIXES`) or the texts themselves. A row
-    id is ``file:line`` (``.txt``, ``.jsonl``, ``.csv``), ``file#row`` (Parquet) or
-    ``text[i]``. An empty line, bytes that are not UTF-8, a JSON line without the text
-    field, or a null is skipped and reported, like an image that cannot be decoded.
+    ``inputs`` are text files (``Path`` objects; :data:`TEXT_SUFFIXES`) and texts
+    (``str``). A row id is ``file:line`` (``.txt``, ``.jsonl``, ``.csv``), ``file#row``
+    (Parquet) or ``text[i]`` (the i-th ``str``). An empty line, bytes that are not
+    UTF-8, a JSON line without the text field, or a null is skipped and reported, like
+    an image that cannot be decoded.
 
     Example:
         >>> import tempfile
@@ -884,9 +885,11 @@ class TextSource(Source):
         self.batch_size = batch_size
         self.rows: list[tuple[str, str | None, str]] = []
         h = hashlib.sha256()
-        for i, item in enumerate(inputs):
-            if isinstance(item, str) and not isinstance(item, os.PathLike):
-                self.rows.append(_checked(f"text[{i}]", item))
+        texts = 0
+        for item in inputs:
+            if isinstance(item, str):
+                self.rows.append(_checked(f"text[{texts}]", item))
+                texts += 1
                 h.update(item.encode() + b"\0")
                 continue
             path = Path(item)
@@ -990,6 +993,21 @@ def _is_text_preprocessor(preprocess: Any) -> bool:
     return type(preprocess).__module__.startswith("keras_hub")
 
 
+def _text_source(inputs: Any, encode: Encode, options: InputOptions, batch_size: int) -> TextSource:
+    """Text files (one path, or ``Path`` objects in a list) and texts (``str`` in a list)."""
+    items = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    expanded: list[str | Path] = []
+    for item in items:
+        expanded.extend(expand_text_inputs([item]) if isinstance(item, os.PathLike) else [item])
+    return TextSource(
+        expanded,
+        encode,
+        batch_size=batch_size,
+        text_column=options.text_column,
+        description={"sequence_length": options.sequence_length},
+    )
+
+
 def _all_paths(inputs: Any) -> bool:
     return isinstance(inputs, list | tuple) and all(
         isinstance(i, str | os.PathLike) for i in inputs
@@ -1019,6 +1037,8 @@ def make_source(
         >>> make_source(np.zeros((4, 3)), m).kind
         'array'
     """
+    if encode is not None and not isinstance(inputs, np.ndarray | Mapping):
+        return _text_source(inputs, encode, options, batch_size)
     if isinstance(inputs, np.ndarray):
         return ArraySource(
             inputs, batch_size=batch_size, preprocess=options.preprocess_for("array")
