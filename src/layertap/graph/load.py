@@ -1,6 +1,6 @@
 """Stage 1, load: a model file -> ``keras.Model``, safe by default, never compiled.
 
-Three kinds of input:
+Four kinds of input:
 
 * ``.keras`` archives and ``.h5`` files written by Keras 3: loaded by Keras as they are.
 * ``.h5`` files written by tf.keras 2 (the file's ``keras_version`` attribute starts with
@@ -14,12 +14,18 @@ Three kinds of input:
 * SavedModel directories: loaded by the optional ``tf_keras`` package, saved by it to a
   temporary tf.keras-2 ``.h5`` file, and rebuilt from that as a Keras 3 model through the
   repair above (same weights, a graph layertap can walk).
+* keras-hub presets (a ``save_to_preset`` directory, a ``kaggle://`` or ``hf://`` handle,
+  or a built-in preset name): the backbone, loaded by keras-hub
+  (:mod:`layertap.graph.preset`, which also finds the preset's preprocessor).
 
 Safe mode: with ``safe_mode=True`` (the default) a model whose ``Lambda`` layer stores
 Python code is refused before Keras sees it, for ``.h5`` files and SavedModels alike
 (Keras 3.15 honours ``safe_mode`` for ``.h5`` too; layertap checks the config itself so
 the guarantee does not depend on the Keras version or on tf_keras, which would run the
-code while reviving a SavedModel).
+code while reviving a SavedModel). A keras-hub preset's ``config.json`` is rebuilt by
+keras-hub itself with ``keras.saving.deserialize_keras_object`` in Keras's safe mode (its
+default, which keras-hub does not change), so stored code is refused whatever
+``safe_mode`` says; presets hold registered keras-hub classes, not code.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import h5py
 import keras
 
 from layertap._errors import ModelLoadError, require
+from layertap.graph.preset import is_preset, load_backbone
 
 __all__ = ["load_custom_objects", "load_model"]
 
@@ -449,24 +456,32 @@ def load_model(
     custom_objects: Mapping[str, Any] | None = None,
     safe_mode: bool = True,
 ) -> keras.Model:
-    """Load a model file or SavedModel directory as a Keras 3 model, uncompiled, in safe mode.
+    """Load a model file, SavedModel or keras-hub preset as a Keras 3 model, in safe mode.
 
     Reads ``.keras`` archives, ``.h5`` files written by Keras 3 or by tf.keras 2 (known
     config differences repaired on a temporary copy; the file itself is never written),
-    and SavedModel directories (through the optional ``tf_keras`` package:
-    ``pip install "layertap[legacy]"``).
+    SavedModel directories (through the optional ``tf_keras`` package:
+    ``pip install "layertap[legacy]"``) and keras-hub presets, whose backbone is
+    returned (``pip install "layertap[hub]"``; a handle is downloaded, so it needs the
+    network; :func:`layertap.graph.preset.load_preset` gives its preprocessor too).
+    The model is never compiled.
 
     Args:
-        path: the model file, or a SavedModel directory.
+        path: the model file, a SavedModel directory, or a keras-hub preset directory
+            or handle (``kaggle://...``, ``hf://...``, a built-in preset name).
         custom_objects: ``{class name: class}`` for custom layers the file uses (see
             :func:`load_custom_objects` to collect them from a file or module).
         safe_mode: keep the refusal to run code stored in the file (``Lambda``
-            layers). Turn it off only for files you trust.
+            layers). Turn it off only for files you trust. A preset's config is
+            rebuilt by keras-hub, always in Keras's safe mode: this flag does not
+            change it.
 
     Raises:
         ModelLoadError: the path is missing, not a model, truncated, needs a custom
             class that was not given (the message names it), or holds code refused by
             safe mode.
+        MissingDependencyError: a preset without keras-hub installed, or a SavedModel
+            without tf_keras.
 
     Example:
         >>> import keras, tempfile, os
@@ -475,6 +490,8 @@ def load_model(
         >>> load_model(f).output_shape
         (None, 2)
     """
+    if is_preset(path):
+        return load_backbone(path, custom_objects=custom_objects)
     path = Path(path)
     kind = _check_path(path)
     if kind == "savedmodel":

@@ -1,0 +1,448 @@
+"""keras-hub presets as models: the backbone to tap, and the preprocessor that feeds it.
+
+A *preset* is what keras-hub's ``from_preset`` reads:
+
+* a local directory written by ``save_to_preset``. ``Backbone.save_to_preset(d)``
+  writes ``config.json`` (the backbone's Keras config, with a ``registered_name`` such
+  as ``"keras_hub>BertBackbone"``), ``metadata.json`` (``keras_version``,
+  ``keras_hub_version``, ``parameter_count``, ``date_saved``, ``tasks``) and
+  ``model.weights.h5`` (or sharded ``model.weights.json`` + shards). A tokenizer's
+  ``save_to_preset(d)`` adds ``tokenizer.json`` and ``assets/tokenizer/`` (the
+  vocabulary file or SentencePiece proto); a preprocessor's adds ``preprocessor.json``
+  (its config, holding the tokenizer's) and its tokenizer's files; image and audio
+  converters add ``image_converter.json`` / ``audio_converter.json``. A directory is a
+  preset when it has ``config.json`` and ``metadata.json`` and either names keras-hub
+  (``metadata.json``'s ``keras_hub_version`` or ``config.json``'s ``registered_name``);
+* a handle: ``kaggle://org/model/keras/variant[/version]``, ``hf://org/model``,
+  ``modelscope://...``, ``gs://...``, or a built-in preset name that
+  ``keras_hub.models.Backbone.presets`` knows (``"bert_tiny_en_uncased"``). Loading a
+  handle downloads it (keras-hub caches downloads), so it needs the network.
+
+The preprocessor is found in this order: the preset's own ``preprocessor.json`` (when
+its class is one of the task preprocessors below), then the first of
+:data:`TASK_PREPROCESSORS` that keras-hub registers for the backbone's class and that
+the preset has the files for (a ``tokenizer.json``, ``image_converter.json`` or
+``audio_converter.json``). In keras-hub 0.32: BERT, DistilBERT, RoBERTa, ALBERT,
+DeBERTaV3, FNet, XLM-R, ESM: ``TextClassifierPreprocessor``; Gemma (1-4), Llama,
+Llama3, Mistral, Mixtral, Qwen, Phi3, GPT-2, GPT-NeoX, OPT, Falcon, Bloom and the
+image-text models CLIP, SigLIP, PaliGemma: ``CausalLMPreprocessor``; ViT, ResNet,
+EfficientNet, DenseNet, MobileNet, DeiT, VGG, Xception, CSPNet, MiT, Swin:
+``ImageClassifierPreprocessor``; BART, T5, T5Gemma, Moonshine (audio):
+``Seq2SeqLMPreprocessor`` (keras-hub 0.32 has no ``AudioToTextPreprocessor`` base);
+SAM, DeepLabV3, SegFormer, BASNet: ``ImageSegmenterPreprocessor``; RetinaNet, D-FINE:
+``ObjectDetectorPreprocessor``; DepthAnything: ``DepthEstimatorPreprocessor``. Whisper
+has none. ``MaskedLMPreprocessor`` is never used: it masks tokens at random.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import keras
+import numpy as np
+
+from layertap._errors import BadInputError, ModelLoadError, require
+
+__all__ = [
+    "Preset",
+    "TASK_PREPROCESSORS",
+    "is_preset",
+    "load_backbone",
+    "load_preset",
+    "text_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The URL schemes keras-hub downloads presets from.
+HANDLE_PREFIXES = ("kaggle://", "hf://", "modelscope://", "gs://")
+
+#: Task preprocessor bases tried, in order, for a backbone (names in ``keras_hub.models``;
+#: those a keras-hub version lacks are skipped).
+TASK_PREPROCESSORS = (
+    "TextClassifierPreprocessor",
+    "CausalLMPreprocessor",
+    "ImageClassifierPreprocessor",
+    "AudioToTextPreprocessor",
+    "Seq2SeqLMPreprocessor",
+    "ImageSegmenterPreprocessor",
+    "ObjectDetectorPreprocessor",
+    "DepthEstimatorPreprocessor",
+)
+
+_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".pb", ".py", ".json")
+
+
+def _hub() -> ModuleType:
+    return require("keras_hub", "hub", "loading a keras-hub preset")
+
+
+@dataclass
+class Preset:
+    """A loaded keras-hub preset.
+
+    Attributes:
+        model: the backbone (a ``keras.Model``): the model layertap taps.
+        preprocessor: the keras-hub preprocessor that turns raw inputs into the
+            backbone's inputs, or ``None`` when the preset has none.
+        kind: ``"text"``, ``"image"`` or ``"audio"``: what the preprocessor takes;
+            ``None`` without a preprocessor or for one taking both images and text
+            (CLIP, SigLIP, PaliGemma).
+        sequence_length: the preprocessor's padded token length (the encoder's, for a
+            sequence-to-sequence model), or ``None``.
+        source: the directory or handle the preset was loaded from.
+    """
+
+    model: keras.Model
+    preprocessor: Any
+    kind: str | None
+    sequence_length: int | None
+    source: str
+
+
+# --- recognising a preset ------------------------------------------------------------------
+
+
+def _json_has(path: Path, key: str) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and key in data
+
+
+def _is_preset_dir(path: Path) -> bool:
+    config, metadata = path / "config.json", path / "metadata.json"
+    if not (config.is_file() and metadata.is_file()):
+        return False
+    return _json_has(metadata, "keras_hub_version") or _json_has(config, "registered_name")
+
+
+def _is_builtin(name: str) -> bool:
+    """Whether keras-hub knows ``name`` as a built-in preset (False without keras-hub)."""
+    if not re.fullmatch(r"[\w.-]+", name) or name.lower().endswith(_MODEL_SUFFIXES):
+        return False
+    try:
+        hub = _hub()
+    except ImportError:
+        return False
+    return name in hub.models.Backbone.presets
+
+
+def is_preset(source: object) -> bool:
+    """Whether ``source`` is a keras-hub preset: a ``save_to_preset`` directory or a handle.
+
+    Handles are ``kaggle://``, ``hf://``, ``modelscope://`` and ``gs://`` URLs and the
+    built-in preset names of ``keras_hub.models.Backbone.presets``. Nothing is
+    downloaded: a handle is recognised by its form, a directory by its files.
+
+    Example:
+        >>> is_preset("kaggle://keras/bert/keras/bert_tiny_en_uncased")
+        True
+        >>> is_preset("model.keras")
+        False
+        >>> is_preset("bert_tiny_en_uncased")  # doctest: +SKIP
+        True
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    text = os.fspath(source)
+    if not isinstance(text, str) or not text:
+        return False
+    if text.lower().startswith(HANDLE_PREFIXES):
+        return True
+    path = Path(text)
+    if path.is_dir():
+        return _is_preset_dir(path)
+    if path.exists():
+        return False
+    return _is_builtin(text)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _load_error(source: str, what: str, exc: BaseException) -> ModelLoadError:
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(reason) > 400:
+        reason = reason[:400] + "..."
+    if Path(source).is_dir():
+        return ModelLoadError(
+            f"cannot load the {what} of the keras-hub preset directory {source!r}: {reason}"
+        )
+    return ModelLoadError(
+        f"cannot load the {what} of the keras-hub preset {source!r}: {reason}. A preset "
+        "handle is downloaded (from Kaggle, Hugging Face, ...) unless keras-hub has it "
+        "cached, so it needs the network (and, for Kaggle, the kagglehub package); on an "
+        "offline machine, save the preset to a directory elsewhere and pass the directory"
+    )
+
+
+def load_backbone(
+    source: str | os.PathLike[str], *, custom_objects: Mapping[str, Any] | None = None
+) -> keras.Model:
+    """Load only the backbone of a preset, with ``keras_hub.models.Backbone.from_preset``.
+
+    keras-hub rebuilds ``config.json`` with ``keras.saving.deserialize_keras_object`` in
+    Keras's safe mode (its default), then loads ``model.weights.h5``.
+    ``custom_objects`` are in scope while it does.
+
+    Raises:
+        ModelLoadError: the preset cannot be loaded; the message names it, gives the
+            reason and, for a handle, says that loading it needs the network.
+
+    Example:
+        >>> load_backbone("path/to/bert_preset").name  # doctest: +SKIP
+        'bert_backbone'
+    """
+    hub = _hub()
+    shown = os.fspath(source)
+    if Path(shown).is_dir() and not any(
+        (Path(shown) / name).is_file() for name in ("model.weights.h5", "model.weights.json")
+    ):
+        raise ModelLoadError(
+            f"the keras-hub preset directory {shown!r} has no model.weights.h5 (nor sharded "
+            "model.weights.json): it holds no backbone weights"
+        )
+    try:
+        with keras.saving.custom_object_scope(dict(custom_objects or {})):
+            model = hub.models.Backbone.from_preset(shown)
+    except Exception as exc:  # keras-hub, Keras, h5py and downloaders raise many types
+        raise _load_error(shown, "backbone", exc) from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(
+            f"keras-hub preset {shown!r} gave a {type(model).__name__}, not a keras.Model"
+        )
+    return model
+
+
+def _task_bases(hub: ModuleType) -> list[type]:
+    found = (getattr(hub.models, name, None) for name in TASK_PREPROCESSORS)
+    return [cls for cls in found if isinstance(cls, type)]
+
+
+def _registered_for(base: type, backbone_cls: type) -> bool:
+    """Whether keras-hub registers a subclass of ``base`` for ``backbone_cls``."""
+    return any(
+        isinstance(obj, type)
+        and issubclass(obj, base)
+        and getattr(obj, "backbone_cls", None) is backbone_cls
+        for obj in keras.saving.get_custom_objects().values()
+    )
+
+
+def _saved_class(source: str, bases: Sequence[type]) -> type | None:
+    """The class of a local preset's ``preprocessor.json``, if it is a task preprocessor."""
+    path = Path(source) / "preprocessor.json"
+    if not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("registered_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise _load_error(source, "preprocessor (preprocessor.json)", exc) from exc
+    cls = keras.saving.get_registered_object(name) if isinstance(name, str) else None
+    if not isinstance(cls, type):
+        raise ModelLoadError(
+            f"the keras-hub preset directory {source!r} has a preprocessor.json whose class "
+            f"{name!r} keras-hub does not know (written by another keras-hub version?)"
+        )
+    if not issubclass(cls, tuple(bases)):
+        logger.info("%s: preprocessor.json holds a %s; not used", source, cls.__name__)
+        return None
+    return cls
+
+
+def _candidates(hub: ModuleType, source: str, backbone_cls: type) -> Iterator[tuple[Any, bool]]:
+    """(class, saved?) pairs to try: the preset's own preprocessor first."""
+    bases = _task_bases(hub)
+    saved = _saved_class(source, bases) if Path(source).is_dir() else None
+    if saved is not None:
+        yield saved, True
+    for base in bases:
+        if _registered_for(base, backbone_cls):
+            yield base, False
+
+
+def _find_preprocessor(hub: ModuleType, source: str, backbone_cls: type) -> Any:
+    """The preprocessor for a preset, or None when it has the files for none."""
+    for cls, saved in _candidates(hub, source, backbone_cls):
+        try:
+            return cls.from_preset(source)
+        except FileNotFoundError as exc:  # no tokenizer.json / converter: try the next
+            if saved:
+                raise _load_error(source, f"preprocessor ({cls.__name__})", exc) from exc
+            logger.debug("%s: no %s: %s", source, cls.__name__, exc)
+        except Exception as exc:  # the files are there but do not load
+            raise _load_error(source, f"preprocessor ({cls.__name__})", exc) from exc
+    return None
+
+
+def _kind(preprocessor: Any) -> str | None:
+    if preprocessor is None:
+        return None
+    if getattr(preprocessor, "audio_converter", None) is not None:
+        return "audio"
+    image = any(
+        getattr(preprocessor, key, None) is not None
+        for key in ("image_converter", "video_converter")
+    )
+    text = getattr(preprocessor, "tokenizer", None) is not None
+    if image:
+        return None if text else "image"
+    return "text" if text else None
+
+
+def _length_key(preprocessor: Any) -> str | None:
+    """The attribute that holds the padded token length of the (encoder's) text."""
+    for key in ("encoder_sequence_length", "sequence_length"):
+        if hasattr(preprocessor, key):
+            return key
+    return None
+
+
+def load_preset(source: str | os.PathLike[str], *, sequence_length: int | None = None) -> Preset:
+    """Load a keras-hub preset: its backbone and the preprocessor that feeds it.
+
+    Args:
+        source: a preset directory or handle (see :func:`is_preset`).
+        sequence_length: replaces the preprocessor's padded token length.
+
+    Raises:
+        ModelLoadError: the backbone or a preprocessor whose files are in the preset
+            cannot be loaded (the message names the preset and the reason).
+        BadInputError: ``sequence_length`` for a preset without a text preprocessor.
+
+    Example:
+        >>> p = load_preset("path/to/bert_preset", sequence_length=24)  # doctest: +SKIP
+        >>> p.kind, p.sequence_length, sorted(p.model.input)  # doctest: +SKIP
+        ('text', 24, ['padding_mask', 'segment_ids', 'token_ids'])
+    """
+    hub = _hub()
+    shown = os.fspath(source)
+    model = load_backbone(shown)
+    preprocessor = _find_preprocessor(hub, shown, type(model))
+    key = _length_key(preprocessor) if preprocessor is not None else None
+    if sequence_length is not None:
+        if key is None:
+            raise BadInputError(
+                f"sequence_length={sequence_length} was given, but the keras-hub preset "
+                f"{shown!r} has no text preprocessor to pad to it"
+            )
+        setattr(preprocessor, key, int(sequence_length))
+    length = getattr(preprocessor, key) if key is not None else None
+    return Preset(
+        model=model,
+        preprocessor=preprocessor,
+        kind=_kind(preprocessor),
+        sequence_length=int(length) if isinstance(length, int) else None,
+        source=shown,
+    )
+
+
+# --- text inputs ---------------------------------------------------------------------------
+
+
+def _pack(preprocessor: Any, texts: list[str], sequence_length: int | None) -> Any:
+    """Run the preprocessor's inference path on a batch of strings."""
+    generate = getattr(preprocessor, "generate_preprocess", None)
+    if callable(generate):  # causal and seq2seq LMs: no end token, no (x, y) labels
+        if sequence_length is None:
+            return generate(texts)
+        params = inspect.signature(generate).parameters
+        arg = "encoder_sequence_length" if "encoder_sequence_length" in params else None
+        return generate(texts, **{arg or "sequence_length": sequence_length})
+    key = _length_key(preprocessor)
+    if sequence_length is None or key is None:
+        return preprocessor(texts)
+    saved = getattr(preprocessor, key)
+    setattr(preprocessor, key, sequence_length)  # the public setter resizes its packer
+    try:
+        return preprocessor(texts)
+    finally:
+        setattr(preprocessor, key, saved)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _fit_to_model(model: keras.Model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep the backbone's inputs, in its order and dtypes; raise when one is missing."""
+    spec = getattr(model, "input", None)
+    if not isinstance(spec, dict):
+        return arrays
+    missing = sorted(set(spec) - set(arrays))
+    if missing:
+        raise BadInputError(
+            f"the preprocessor gives {sorted(arrays)}, but the backbone also takes "
+            f"{missing}; build those inputs yourself"
+        )
+    return {name: arrays[name].astype(str(spec[name].dtype)) for name in spec}
+
+
+def text_inputs(
+    preset_or_preprocessor: Preset | Any,
+    texts: Sequence[str],
+    sequence_length: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Tokenize and pack strings into the dict of numpy arrays the backbone takes.
+
+    Each row is padded on its own, so a line gives the same tokens alone or in a batch.
+    A causal LM's preprocessor (Gemma, Llama, ...) is run through its inference path,
+    ``generate_preprocess``: a start token, no end token, ``token_ids`` and
+    ``padding_mask`` of ``sequence_length`` (its training call packs one token more and
+    returns shifted ``(x, y, sample_weight)``, which is not what the backbone sees at
+    inference). A sequence-to-sequence one packs the text as the encoder's input. Given a
+    :class:`Preset`, the dict holds exactly the backbone's inputs, in its dtypes
+    (keras-hub gives ``padding_mask`` as bool; the backbone declares int32).
+
+    Args:
+        preset_or_preprocessor: a :class:`Preset` or a keras-hub text preprocessor.
+        texts: the lines, one example each.
+        sequence_length: pads (and truncates) to this length instead of the
+            preprocessor's; the preprocessor is left as it was.
+
+    Raises:
+        BadInputError: no text preprocessor, ``texts`` not a list of strings, or the
+            preprocessor misses an input the backbone takes.
+
+    Example:
+        >>> p = load_preset("path/to/bert_preset")  # doctest: +SKIP
+        >>> x = text_inputs(p, ["the cat sat", "a dog"], sequence_length=24)  # doctest: +SKIP
+        >>> {k: v.shape for k, v in x.items()}  # doctest: +SKIP
+        {'padding_mask': (2, 24), 'segment_ids': (2, 24), 'token_ids': (2, 24)}
+    """
+    if isinstance(preset_or_preprocessor, Preset):
+        preprocessor, model = preset_or_preprocessor.preprocessor, preset_or_preprocessor.model
+    else:
+        preprocessor, model = preset_or_preprocessor, None
+    if preprocessor is None or getattr(preprocessor, "tokenizer", None) is None:
+        raise BadInputError(
+            f"text_inputs needs a keras-hub text preprocessor (one with a tokenizer), got "
+            f"{type(preprocessor).__name__}"
+        )
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise BadInputError("text_inputs takes a list of strings, one example per string")
+    if sequence_length is not None and (
+        not isinstance(sequence_length, int) or sequence_length < 1
+    ):
+        raise BadInputError(f"sequence_length must be a positive int, got {sequence_length!r}")
+    out = _pack(preprocessor, list(texts), sequence_length)
+    if isinstance(out, tuple):  # (x, y, sample_weight) from a training call
+        out = out[0]
+    if not isinstance(out, Mapping):
+        raise BadInputError(
+            f"the preprocessor {type(preprocessor).__name__} gives a "
+            f"{type(out).__name__}, not a dict of inputs"
+        )
+    arrays = {str(k): _to_numpy(v) for k, v in out.items()}
+    return _fit_to_model(model, arrays) if model is not None else arrays

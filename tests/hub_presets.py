@@ -1,0 +1,112 @@
+"""keras-hub presets written offline: small backbones with random weights, their tokenizers
+and preprocessors, saved with ``save_to_preset`` (nothing is downloaded).
+
+Each builder writes a preset into ``directory`` and returns ``(backbone, tokenizer)``:
+the original objects, to compare what layertap loads against.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a an cat dog bird fish sat ran flew swam on in over under mat log tree house "
+    "water red blue green big small my your and with is was of to from at by"
+).split()
+BERT_VOCAB = SPECIAL + WORDS
+
+#: Lines a SentencePiece model is trained on (word model: one piece per word).
+LINES = [
+    "the cat sat on the mat",
+    "a dog sat on a log",
+    "the dog and the cat ran",
+    "a bird flew over the red house",
+    "my big fish swam in blue water",
+]
+
+
+def bert_preset(directory: Path, *, sequence_length: int = 16) -> tuple[Any, Any]:
+    """BertBackbone + BertTokenizer + BertTextClassifierPreprocessor in one preset."""
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(BERT_VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=32,
+    )
+    backbone.save_to_preset(str(directory))
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=BERT_VOCAB)
+    tokenizer.save_to_preset(str(directory))
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+    preprocessor.save_to_preset(str(directory))
+    return backbone, tokenizer
+
+
+def sentencepiece_proto(vocab_size: int = 20) -> bytes:
+    """A SentencePiece word model trained on :data:`LINES`, with Gemma's special pieces."""
+    import sentencepiece
+
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(LINES),
+        model_writer=out,
+        vocab_size=vocab_size,
+        model_type="WORD",
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        bos_piece="<bos>",
+        eos_piece="<eos>",
+        unk_piece="<unk>",
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def gemma_preset(directory: Path, *, sequence_length: int = 16) -> tuple[Any, Any]:
+    """GemmaBackbone + GemmaTokenizer + GemmaCausalLMPreprocessor in one preset."""
+    import keras_hub
+
+    tokenizer = keras_hub.models.GemmaTokenizer(proto=sentencepiece_proto())
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        head_dim=8,
+    )
+    backbone.save_to_preset(str(directory))
+    preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+    preprocessor.save_to_preset(str(directory))
+    return backbone, tokenizer
+
+
+def backbone_only_preset(directory: Path) -> Any:
+    """A BERT preset with no tokenizer or preprocessor."""
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(BERT_VOCAB),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=16,
+    )
+    backbone.save_to_preset(str(directory))
+    return backbone
