@@ -112,6 +112,7 @@ def test_public_names_are_pinned() -> None:
         "MissingDependencyError",
         "ModelLoadError",
         "OutputError",
+        "Preset",
         "TapInfo",
         "UnsupportedModelError",
         "UntracedLayerError",
@@ -120,6 +121,7 @@ def test_public_names_are_pinned() -> None:
         "feature_model",
         "list_layers",
         "load_model",
+        "load_preset",
         "summary",
         "tap",
     ]

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from layertap.graph.capture import tap
     from layertap.graph.extractor import Extractor, TapInfo, feature_model
     from layertap.graph.load import load_model
+    from layertap.graph.preset import Preset, load_preset
     from layertap.graph.walk import LayerInfo, list_layers, summary
 
 try:
@@ -55,6 +56,8 @@ _LAZY = {
     "list_layers": "layertap.graph.walk",
     "summary": "layertap.graph.walk",
     "load_model": "layertap.graph.load",
+    "Preset": "layertap.graph.preset",
+    "load_preset": "layertap.graph.preset",
     "tap": "layertap.graph.capture",
 }
 #: Names that moved to :mod:`layertap.ray`; still found here, with a DeprecationWarning.
@@ -73,6 +76,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelLoadError",
     "OutputError",
+    "Preset",
     "TapInfo",
     "UnsupportedModelError",
     "UntracedLayerError",
@@ -81,6 +85,7 @@ __all__ = [
     "feature_model",
     "list_layers",
     "load_model",
+    "load_preset",
     "summary",
     "tap",
 ]

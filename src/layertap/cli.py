@@ -255,6 +255,19 @@ def layers(
     help="Resize filter.",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads.")
+@click.option(
+    "--text-column",
+    metavar="NAME",
+    default=None,
+    help="Text models: the column (.csv, Parquet) or field (.jsonl) holding the text "
+    "(default: text).",
+)
+@click.option(
+    "--sequence-length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Text models: tokens per text (default: the preprocessor's own).",
+)
 @_model_options
 @click.option(
     "--overwrite", is_flag=True, help="Replace FILE if it was written by a different run."
@@ -278,6 +291,11 @@ def extract(**flags: Any) -> None:
     pattern (quote it), a .txt or .csv list of paths, or a .npy array (one row per
     input). Images are turned upright by their EXIF tag, converted to RGB or
     grayscale and resized to the model's input size.
+
+    For a keras-hub preset with a text preprocessor (MODEL is its directory), INPUT is
+    text: a .txt file (one example per line), a .jsonl, .csv or Parquet file (the
+    --text-column), or a folder of them; empty lines and undecodable rows are skipped
+    and named, and each row keeps its FILE:LINE (or FILE#ROW) id.
 
     Rows of every dataset follow the order of the `paths` dataset. Inputs that
     cannot be decoded are skipped, named on stderr and listed in the output.
@@ -341,9 +359,16 @@ def _run_from_flags(flags: dict[str, Any]) -> Any:
     f = flags
     return Run(
         ModelSource(f["model"], tuple(f["custom_objects"]), not f["unsafe"]),
-        list(f["inputs"]),
+        [Path(i) for i in f["inputs"]],  # files, never texts
         LayerOptions.parse(f["layer_options"]),
-        input=InputOptions(f["preprocess"], _parse_size(f["size"]), f["resize"], f["workers"]),
+        input=InputOptions(
+            f["preprocess"],
+            _parse_size(f["size"]),
+            f["resize"],
+            f["workers"],
+            f["text_column"],
+            f["sequence_length"],
+        ),
         pool=parse_pool_options(f["pool_options"]),
         batch_size=f["batch_size"],
         output=Output(

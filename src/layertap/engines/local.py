@@ -221,6 +221,8 @@ def extract(
     format: str | None = ...,
     overwrite: bool = ...,
     workers: int | None = ...,
+    text_column: str | None = ...,
+    sequence_length: int | None = ...,
     progress: bool | None = ...,
     custom_objects: Mapping[str, Any] | Sequence[str] | None = ...,
     safe_mode: bool = ...,
@@ -244,6 +246,8 @@ def extract(
     format: str | None = ...,
     overwrite: bool = ...,
     workers: int | None = ...,
+    text_column: str | None = ...,
+    sequence_length: int | None = ...,
     progress: bool | None = ...,
     custom_objects: Mapping[str, Any] | Sequence[str] | None = ...,
     safe_mode: bool = ...,
@@ -266,6 +270,8 @@ def extract(
     format: str | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    text_column: str | None = None,
+    sequence_length: int | None = None,
     progress: bool | None = None,
     custom_objects: Mapping[str, Any] | Sequence[str] | None = None,
     safe_mode: bool = True,
@@ -278,16 +284,19 @@ def extract(
     :class:`~layertap.engines.run.Run`, which is what travels inside.
 
     Args:
-        model: a ``keras.Model`` or a model file (``.keras``, ``.h5``, a SavedModel).
+        model: a ``keras.Model``, a model file (``.keras``, ``.h5``, a SavedModel), or a
+            keras-hub preset (a directory, a handle, or a :class:`~layertap.Preset`).
         inputs: image files, folders, globs, ``.txt``/``.csv`` lists, ``.npy`` files
             (a path or a list of them); a numpy array; an iterable of batches, a
-            ``tf.data.Dataset`` or a ``keras.utils.PyDataset``.
+            ``tf.data.Dataset`` or a ``keras.utils.PyDataset``. For a text model: a list
+            of strings (the texts), or text files (a path, or ``Path`` objects).
         layers: layer specs as :class:`~layertap.Extractor` takes them.
         out: an output file (``.h5``, ``.npz``, ``.parquet``); ``None`` returns arrays.
         batch_size: inputs per forward pass.
         preprocess: ``"none"``, ``"rescale"``, ``"tf"``, ``"caffe"``, ``"torch"``, a
             callable or ``"module:function"``; ``None`` is ``"rescale"`` for image
-            files and ``"none"`` for arrays.
+            files and ``"none"`` for arrays. A keras-hub preprocessor makes the model a
+            text model (a keras-hub preset directory brings its own).
         pool: ``"keep"``, ``"flatten"``, ``"avg"``, ``"max"`` for every tap, or a dict
             ``{key: reducer}`` (``"*"``: the default for the rest).
         size: ``(height, width)`` for a model that takes images of any size.
@@ -296,6 +305,9 @@ def extract(
         overwrite: replace an existing ``out`` written by a different run (a file from
             the same run is resumed, or left as it is when finished).
         workers: decoding threads (default: min(8, CPUs)).
+        text_column: for a text model, the column (``.csv``, Parquet) or field
+            (``.jsonl``) holding the text (default: ``"text"``).
+        sequence_length: for a text model, tokens per text (default: the preprocessor's).
         progress: show a progress bar (default: when stderr is a terminal).
         custom_objects, safe_mode: passed to :func:`~layertap.load_model`
             (``custom_objects`` may also list ``PATH.py`` / ``module:attr`` specs).
@@ -318,7 +330,7 @@ def extract(
         ModelSource(model, custom_objects or (), safe_mode),
         inputs,
         layers,
-        input=InputOptions(preprocess, size, resize, workers),
+        input=InputOptions(preprocess, size, resize, workers, text_column, sequence_length),
         pool=pool,
         batch_size=batch_size,
         output=Output(

@@ -16,6 +16,7 @@ makes one and its actors rebuild the same extractor from the plan's resolved tap
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from layertap._errors import BadInputError, BadSpecError, OutputError
-from layertap.io.data import InputOptions, Source, make_source
+from layertap.io.data import Encode, InputOptions, Source, is_text_preprocessor, make_source
 from layertap.io.reduce import REDUCERS, check_reducer, reduce_taps, resolve_pool
 from layertap.io.schema import TapSchema
 from layertap.io.write import check_output
@@ -311,12 +312,14 @@ def model_fingerprint(model: Any, path: Path | None) -> str:
         64
     """
     h = hashlib.sha256()
+    if path is not None and not path.exists():
+        path = None  # a handle (kaggle://, hf://, a preset name): hash the weights
     if path is not None and path.is_file():
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         return h.hexdigest()
-    if path is not None:  # a SavedModel directory: every file, in sorted order
+    if path is not None:  # a SavedModel or preset directory: every file, in sorted order
         for item in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(item.relative_to(path).as_posix().encode() + b"\0")
             h.update(item.read_bytes())
@@ -463,7 +466,7 @@ def plan(
     from layertap.graph.extractor import Extractor
 
     path = model_path or (Path(run.model.model) if run.model.is_path else None)
-    model = run.model.load(path)
+    model, encode = _open_model(run, path)
     layers = run.layers.specs(model) if isinstance(run.layers, LayerOptions) else run.layers
     extractor = Extractor(model, layers)
     keys = list(extractor.outputs)
@@ -471,7 +474,7 @@ def plan(
         raise BadSpecError("an output named 'paths' clashes with the row ids; use another alias")
     reducers = resolve_pool(run.pool, keys)
     opener = open_source or _open_source
-    source = opener(run, model)
+    source = opener(run, model) if encode is None else _open_text(run, encode)
     try:
         fmt = run.output.format if run.output.path is not None else None
         shape = source.input_shape if source is not None else None
@@ -491,3 +494,33 @@ def plan(
 
 def _open_source(run: Run, model: Any) -> Source:
     return make_source(run.inputs, model, run.input, batch_size=run.batch_size)
+
+
+def _open_text(run: Run, encode: Encode) -> Source:
+    if run.engine != "local":
+        raise BadInputError(
+            "text inputs run on the local engine for now; the Ray engine reads image files "
+            "and .npy arrays"
+        )
+    return make_source(run.inputs, None, run.input, batch_size=run.batch_size, encode=encode)
+
+
+def _open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None]:
+    """The model, and the text encoder its keras-hub preset (or ``preprocess=``) brings."""
+    from layertap.graph.preset import Preset, is_preset, load_preset, text_inputs
+
+    source = run.model.model
+    preset: Preset | None = None
+    if isinstance(source, Preset):
+        preset = source
+    elif run.model.is_path and is_preset(os.fspath(source)):
+        preset = load_preset(os.fspath(path or source), sequence_length=run.input.sequence_length)
+    model = preset.model if preset is not None else run.model.load(path)
+    preprocessor = preset.preprocessor if preset is not None and preset.kind == "text" else None
+    if is_text_preprocessor(run.input.preprocess):
+        preprocessor = run.input.preprocess
+    if preprocessor is None:
+        return model, None
+    return model, functools.partial(
+        text_inputs, preprocessor, sequence_length=run.input.sequence_length
+    )

@@ -55,6 +55,7 @@ __all__ = [
     "TEXT_SUFFIXES",
     "TextSource",
     "expand_text_inputs",
+    "is_text_preprocessor",
     "expand_inputs",
     "load_image",
     "make_source",
@@ -963,7 +964,7 @@ class InputOptions:
     def __post_init__(self) -> None:
         if self.sequence_length is not None and self.sequence_length < 1:
             raise BadInputError(f"sequence length must be at least 1, not {self.sequence_length}")
-        if self.preprocess is not None and not _is_text_preprocessor(self.preprocess):
+        if self.preprocess is not None and not is_text_preprocessor(self.preprocess):
             resolve_preprocess(self.preprocess)
         if self.resize not in RESAMPLE:
             raise BadInputError(
@@ -988,8 +989,13 @@ class InputOptions:
         )
 
 
-def _is_text_preprocessor(preprocess: Any) -> bool:
-    """A keras-hub preprocessor object (it tokenizes; it is not a per-image function)."""
+def is_text_preprocessor(preprocess: Any) -> bool:
+    """A keras-hub preprocessor object (it tokenizes; it is not a per-image function).
+
+    Example:
+        >>> is_text_preprocessor("tf"), is_text_preprocessor(None)
+        (False, False)
+    """
     return type(preprocess).__module__.startswith("keras_hub")
 
 
