@@ -44,6 +44,7 @@ __all__ = [
     "RayOptions",
     "Run",
     "model_fingerprint",
+    "model_input_rows",
     "plan",
     "row_shapes",
     "run_fingerprint",
@@ -493,7 +494,27 @@ def plan(
 
 
 def _open_source(run: Run, model: Any) -> Source:
-    return make_source(run.inputs, model, run.input, batch_size=run.batch_size)
+    expected = model_input_rows(model)
+    return make_source(run.inputs, model, run.input, batch_size=run.batch_size, expected=expected)
+
+
+def model_input_rows(model: Any) -> dict[str, tuple[int | None, ...]]:
+    """``{input name: row shape}`` of a model with a graph (``{}`` for one without).
+
+    Example:
+        >>> import keras
+        >>> a, b = keras.Input((3,), name="a"), keras.Input((2, 4), name="b")
+        >>> m = keras.Model([a, b], keras.layers.Concatenate()([a, keras.layers.Flatten()(b)]))
+        >>> model_input_rows(m)
+        {'a': (3,), 'b': (2, 4)}
+    """
+    from layertap.graph.walk import inner_graph, input_names
+
+    graph = inner_graph(model)
+    if graph is None:
+        return {}
+    shapes = [tuple(x.shape[1:]) for x in graph.inputs]
+    return dict(zip(input_names(graph), shapes, strict=True))
 
 
 def _open_text(run: Run, encode: Encode) -> Source:

@@ -44,7 +44,9 @@ from layertap._errors import BadInputError
 __all__ = [
     "PRESETS",
     "RESAMPLE",
+    "ARRAY_SUFFIXES",
     "ArraySource",
+    "ArraysSource",
     "Batch",
     "Decoder",
     "FileSource",
@@ -660,6 +662,146 @@ class ArraySource(Source):
             yield Batch([f"array[{k}]" for k in range(i, j)], x, [], j)
 
 
+class ArraysSource(Source):
+    """Rows of several named arrays, one per model input (rows aligned); no preprocessing.
+
+    From a dict of arrays (ids ``array[i]``), or from ``.npz`` files and Parquet files
+    whose arrays / columns are named after the model's inputs (ids ``file[i]``). Arrays
+    or columns the model does not take are ignored. With ``expected`` (``{input name:
+    row shape}``, ``None`` for any size), a missing input or a row of another shape is
+    a :class:`~layertap.BadInputError` naming it, before any batch runs.
+
+    Example:
+        >>> src = ArraysSource({"ids": np.zeros((3, 4), "int32"), "mask": np.ones((3, 4))},
+        ...                    batch_size=2)
+        >>> [(b.ids, sorted(b.x), b.x["ids"].dtype.name) for b in src.batches()]
+        ... # doctest: +NORMALIZE_WHITESPACE
+        [(['array[0]', 'array[1]'], ['ids', 'mask'], 'int32'),
+         (['array[2]'], ['ids', 'mask'], 'int32')]
+    """
+
+    kind = "arrays"
+
+    def __init__(
+        self,
+        arrays: Mapping[str, Any],
+        *,
+        batch_size: int = 32,
+        ids: Sequence[str] | None = None,
+        expected: Mapping[str, tuple[int | None, ...]] | None = None,
+        where: str = "the input dict",
+    ) -> None:
+        if batch_size < 1:
+            raise BadInputError(f"batch size must be at least 1, not {batch_size}")
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        if expected is not None:
+            self.arrays = _expected_arrays(self.arrays, expected, where)
+        lengths = {k: len(v) if v.ndim else -1 for k, v in self.arrays.items()}
+        if len(set(lengths.values())) != 1 or -1 in lengths.values():
+            raise BadInputError(
+                f"{where} holds arrays with different numbers of rows {lengths}; every "
+                "input needs one row per example"
+            )
+        self.batch_size = batch_size
+        self.rows = next(iter(lengths.values()))
+        self.total = self.rows
+        self.ids = list(ids) if ids is not None else [f"array[{i}]" for i in range(self.rows)]
+        self.preprocessing = {"preset": "none"}
+        h = hashlib.sha256()
+        for key in sorted(self.arrays):
+            v = self.arrays[key]
+            h.update(f"{key}{v.shape}{v.dtype}".encode())
+            h.update(np.ascontiguousarray(v).data)
+        for row_id in self.ids:
+            h.update(row_id.encode() + b"\0")
+        self.fingerprint = h.hexdigest()
+
+    @classmethod
+    def from_files(
+        cls,
+        paths: Sequence[Path],
+        expected: Mapping[str, tuple[int | None, ...]],
+        *,
+        batch_size: int = 32,
+    ) -> ArraysSource:
+        """Rows of ``.npz`` / Parquet files, in order, arrays named after the model's inputs.
+
+        Example:
+            >>> import tempfile
+            >>> f = Path(tempfile.mkdtemp()) / "x.npz"
+            >>> np.savez(f, a=np.zeros((2, 3)), b=np.ones((2, 1)), label=np.arange(2))
+            >>> src = ArraysSource.from_files([f], {"a": (3,), "b": (1,)})
+            >>> src.total, src.ids[1].endswith("x.npz[1]"), sorted(src.arrays)
+            (2, True, ['a', 'b'])
+        """
+        if not expected:
+            raise BadInputError(
+                "a model without a graph (its own call()) does not name its inputs, so "
+                ".npz / Parquet inputs cannot be matched to them; pass arrays in Python"
+            )
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in expected}
+        ids: list[str] = []
+        for path in paths:
+            found = _file_arrays(path, list(expected))
+            found = _expected_arrays(found, expected, f"input file {str(path)!r}")
+            n = len(next(iter(found.values())))
+            ids.extend(f"{path}[{i}]" for i in range(n))
+            for name in expected:
+                parts[name].append(found[name])
+        arrays = {name: np.concatenate(parts[name]) for name in expected}
+        return cls(arrays, batch_size=batch_size, ids=ids, where="the input files")
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        for i in range(start, self.rows, self.batch_size):
+            j = min(i + self.batch_size, self.rows)
+            x = {k: v[i:j] for k, v in self.arrays.items()}
+            yield Batch(self.ids[i:j], x, [], j)
+
+
+#: Files that hold several named arrays: one per model input.
+ARRAY_SUFFIXES = (".npz", ".parquet", ".pq")
+
+
+def _file_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The arrays named ``names`` that a ``.npz`` or Parquet file holds (others left out)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {n: z[n] for n in names if n in z.files}
+        from layertap._errors import require
+
+        pq = require("pyarrow.parquet", "parquet", "reading model inputs from Parquet")
+        columns = [n for n in names if n in pq.read_schema(path).names]
+        table = pq.read_table(path, columns=columns)
+        return {n: np.array(table[n].to_pylist()) for n in columns}
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"input file {str(path)!r} cannot be read: {exc}") from exc
+
+
+def _expected_arrays(
+    arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int | None, ...]], where: str
+) -> dict[str, np.ndarray]:
+    """The arrays the model takes, checked: each present, each row of the model's shape."""
+    missing = [name for name in expected if name not in arrays]
+    if missing:
+        raise BadInputError(
+            f"{where} has no {', '.join(repr(m) for m in missing)}: the model takes "
+            f"{list(expected)!r} (found {sorted(arrays)!r})"
+        )
+    for name, want in expected.items():
+        row = tuple(arrays[name].shape[1:])
+        fits = len(row) == len(want) and all(
+            w is None or w == r for w, r in zip(want, row, strict=True)
+        )
+        if not fits:
+            raise BadInputError(
+                f"{where}: input {name!r} has rows of shape {row}, but the model takes "
+                f"{tuple(want)} (None: any size)"
+            )
+    return {name: arrays[name] for name in expected}
+
+
 def _features_of(element: Any) -> Any:
     if isinstance(element, tuple):
         return element[0]  # (x, y) or (x, y, sample_weight)
@@ -1014,6 +1156,25 @@ def _text_source(inputs: Any, encode: Encode, options: InputOptions, batch_size:
     )
 
 
+def _as_named_arrays(inputs: Any, expected: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A dict of arrays, or a list of arrays named in the model's input order; else None."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    if (
+        isinstance(inputs, list | tuple)
+        and inputs
+        and all(isinstance(a, np.ndarray) for a in inputs)
+    ):
+        names = list(expected or {})
+        if len(names) != len(inputs):
+            raise BadInputError(
+                f"got {len(inputs)} input arrays, but the model has {len(names)} inputs "
+                f"{names!r}: pass a list in that order or a dict keyed by name"
+            )
+        return dict(zip(names, inputs, strict=True))
+    return None
+
+
 def _all_paths(inputs: Any) -> bool:
     return isinstance(inputs, list | tuple) and all(
         isinstance(i, str | os.PathLike) for i in inputs
@@ -1028,6 +1189,7 @@ def make_source(
     batch_size: int = 32,
     spec: ImageSpec | None = None,
     encode: Encode | None = None,
+    expected: Mapping[str, tuple[int | None, ...]] | None = None,
 ) -> Source:
     """Pick the :class:`Source` for ``inputs``.
 
@@ -1037,6 +1199,10 @@ def make_source(
     preprocessor), inputs are text: a path or a list of ``Path`` objects are text files
     (:data:`TEXT_SUFFIXES`), and each ``str`` in a list is one text.
 
+    A dict of arrays, a list of arrays (in input order), or ``.npz`` / Parquet files
+    feed a model's several inputs (:class:`ArraysSource`); ``expected`` (``{input name:
+    row shape}``) names them and checks their shapes.
+
     Example:
         >>> import keras
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -1045,6 +1211,9 @@ def make_source(
     """
     if encode is not None and not isinstance(inputs, np.ndarray | Mapping):
         return _text_source(inputs, encode, options, batch_size)
+    named = _as_named_arrays(inputs, expected)
+    if named is not None:
+        return ArraysSource(named, batch_size=batch_size, expected=expected or None)
     if isinstance(inputs, np.ndarray):
         return ArraySource(
             inputs, batch_size=batch_size, preprocess=options.preprocess_for("array")
@@ -1053,6 +1222,9 @@ def make_source(
         inputs = [inputs]
     if _all_paths(inputs):
         paths = expand_inputs(inputs)
+        if all(p.suffix.lower() in ARRAY_SUFFIXES for p in paths):
+            names = expected or {}
+            return ArraysSource.from_files(paths, names, batch_size=batch_size)
         workers = options.workers
         if all(os.fspath(p).lower().endswith(".npy") for p in paths):
             # Arrays only: no image decoding, so the model need not take images.
