@@ -224,3 +224,47 @@ def test_cli_engine_ray(ray_cluster: None, files: tuple[Path, Path], tmp_path: P
         assert a.keys() == b.keys()
         for path in a:
             np.testing.assert_allclose(b[path], a[path], rtol=1e-5, atol=1e-5)
+
+
+def test_text_and_input_arrays_equal_the_local_engine(ray_cluster: None, tmp_path: Path) -> None:
+    """A keras-hub preset with a text file, and a two-input model fed from .npz: the
+    Ray engine gives the local engine's rows, failed inputs included."""
+    pytest.importorskip("keras_hub")
+    from tests.hub_presets import bert_preset
+
+    preset = tmp_path / "preset"
+    bert_preset(preset)
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the cat sat\n\na dog ran on the mat\nmy fish\n")
+    layers, pool = (
+        {"mean": "transformer_layer_1", "cls": "transformer_layer_1"},
+        {
+            "mean": "avg",
+            "cls": "first",
+        },
+    )
+    local = layertap.extract(str(preset), lines, layers, pool=pool)
+    got = _ray.extract_parquet(preset, lines, layers, tmp_path / "text", pool=pool, batch_size=2)
+    assert got.failed == local.failed == [(f"{lines}:2", "empty text")]
+    table = pq.read_table(tmp_path / "text").to_pydict()
+    for key in layers:
+        have = _by_path(table["path"], np.array(table[key]))
+        for path, value in _by_path(local["paths"].tolist(), local[key]).items():
+            np.testing.assert_allclose(have[path], value, rtol=1e-5, atol=1e-5)
+
+    tokens = keras.Input((5,), dtype="int32", name="token_ids")
+    extra = keras.Input((2,), name="extra")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(9, 3)(tokens))
+    joined = keras.layers.Concatenate(name="join")([pooled, extra])
+    keras.Model([tokens, extra], joined).save(tmp_path / "two.keras")
+    rng = np.random.default_rng(2)
+    np.savez(
+        tmp_path / "x.npz", token_ids=rng.integers(0, 9, (6, 5)), extra=rng.normal(size=(6, 2))
+    )
+    local = layertap.extract(str(tmp_path / "two.keras"), tmp_path / "x.npz", ["join"])
+    _ray.extract_parquet(tmp_path / "two.keras", tmp_path / "x.npz", ["join"], tmp_path / "npz")
+    table = pq.read_table(tmp_path / "npz").to_pydict()
+    have = _by_path(table["path"], np.array(table["join"]))
+    assert sorted(have) == sorted(local["paths"].tolist())
+    for path, value in _by_path(local["paths"].tolist(), local["join"]).items():
+        np.testing.assert_allclose(have[path], value, rtol=1e-5, atol=1e-5)

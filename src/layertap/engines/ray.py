@@ -71,6 +71,9 @@ from layertap.engines.run import (
     Plan,
     RayOptions,
     Run,
+    default_source,
+    model_input_rows,
+    open_model,
     plan,
     row_shapes,
     tap_schema,
@@ -210,6 +213,8 @@ class FeatureMapper:
             engine="ray",
         )
         self._start(run, spec, None, backend)
+        if self.encode is None:
+            self._files()  # image files: check that the model takes images now
 
     def _start(
         self, run: Run, spec: ImageSpec | None, schema: TapSchema | None, backend: str | None
@@ -217,21 +222,31 @@ class FeatureMapper:
         _use_backend(backend)
         from layertap.graph.extractor import Extractor
 
-        self.model = run.model.load(_local_model(run.model.model))
+        self.model, self.encode = open_model(run, _local_model(run.model.model))
         self.extractor = Extractor(self.model, run.layers)
         self.reducers = resolve_pool(run.pool, list(self.extractor.outputs))
-        self.spec = spec or run.input.image_spec(self.model)
-        self.decoder = Decoder(self.spec, run.input.workers)
+        self.inputs = model_input_rows(self.model)
+        self.input = run.input
+        self.spec = spec
+        self._decoder: Decoder | None = None
         self.schema = schema or tap_schema(self.extractor, self.reducers, "parquet", None)
         _check_columns(self.schema)
         #: ``{tap key: column name}``.
         self.columns = {c.key: c.name for c in self.schema}
         self._rows = {c.key: (c.shape, c.dtype) for c in self.schema if c.known}
 
+    def _files(self) -> Decoder:
+        """The image and ``.npy`` decoder, made on first use."""
+        if self._decoder is None:
+            self.spec = self.spec or self.input.image_spec(self.model)
+            self._decoder = Decoder(self.spec, self.input.workers)
+        return self._decoder
+
     def _row(self, key: str) -> tuple[tuple[int, ...], str]:
         """A tap's row shape and dtype: the schema's, a batch's, or one zero image's."""
         if key not in self._rows:
-            self._rows.update(row_shapes(self.extractor, self.reducers, self.spec.shape))
+            sample = np.zeros((1, *self._files().spec.shape), np.float32)
+            self._rows.update(row_shapes(self.extractor, self.reducers, sample))
         shape, dtype = self._rows[key]
         return tuple(int(d) for d in shape if d is not None), dtype
 
@@ -242,20 +257,33 @@ class FeatureMapper:
         todo = [i for i, (f, r) in enumerate(items) if not (r < 0 and f.lower().endswith(".npy"))]
         xs: list[Any] = [None] * len(items)
         reasons = [bad] * len(items)
-        for i, (x, why) in zip(todo, self.decoder.decode([items[i] for i in todo]), strict=True):
+        for i, (x, why) in zip(todo, self._files().decode([items[i] for i in todo]), strict=True):
             xs[i], reasons[i] = x, why
         return xs, reasons
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Features for one batch (a dict of columns with at least ``path``)."""
+    def _inputs_of(self, batch: Mapping[str, Any], n: int) -> tuple[Any, list[int], list[str]]:
+        """The model's input for the rows that work, their positions, a reason per row."""
+        if "text" in batch and self.encode is not None:
+            reasons = [str(r) for r in batch.get("reason", [""] * n)]
+            ok = [i for i in range(n) if not reasons[i]]
+            texts = [str(batch["text"][i]) for i in ok]
+            return (self.encode(texts) if ok else None), ok, reasons
+        if self.inputs and all(name in batch for name in self.inputs):
+            x = {name: np.stack(list(batch[name])) for name in self.inputs}
+            return x, list(range(n)), [""] * n
         paths = [str(p) for p in batch["path"]]
         files = [str(p) for p in batch["file"]] if "file" in batch else paths
-        rows = [int(r) for r in batch["row"]] if "row" in batch else [-1] * len(paths)
+        rows = [int(r) for r in batch["row"]] if "row" in batch else [-1] * n
         xs, reasons = self._decode(files, rows)
         ok = [i for i, x in enumerate(xs) if x is not None]
+        return (np.stack([xs[i] for i in ok]) if ok else None), ok, reasons
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Features for one batch: ``path`` plus image paths, texts or one column per input."""
+        paths = [str(p) for p in batch["path"]]
+        x, ok, reasons = self._inputs_of(batch, len(paths))
         feats: dict[str, np.ndarray] = {}
         if ok:
-            x = np.stack([xs[i] for i in ok])
             feats = reduce_taps(self.reducers, self.extractor(x), x)
             for key, value in feats.items():
                 self._rows.setdefault(key, (value.shape[1:], value.dtype.name))
@@ -300,21 +328,18 @@ def _is_dataset(obj: Any) -> bool:
 
 
 def _open_inputs(run: Run, model: Any) -> Source:
+    """A ``Dataset`` of paths is described; anything else is the local engine's source,
+    whose rows the driver lists and ships (image paths, texts, rows of input arrays)."""
     if _is_dataset(run.inputs):
         return _DatasetInputs(run.input.image_spec(model))
-    inputs = run.inputs
-    if isinstance(inputs, str | os.PathLike):
-        inputs = [inputs]
-    if not (
-        isinstance(inputs, list | tuple) and all(isinstance(i, str | os.PathLike) for i in inputs)
-    ):
+    source = default_source(run, model)
+    if source.items() is None:
+        source.close()
         raise BadInputError(
-            f"the Ray engine takes paths or a ray.data.Dataset with a 'path' column, "
-            f"not {type(inputs).__name__}"
+            f"the Ray engine takes paths, texts, a dict of arrays or a ray.data.Dataset with "
+            f"a 'path' column, not {type(run.inputs).__name__}"
         )
-    from layertap.io.data import make_source
-
-    return make_source(list(inputs), model, run.input, batch_size=run.batch_size)
+    return source
 
 
 def _plan(run: Run) -> Plan:
@@ -329,11 +354,12 @@ def _plan(run: Run) -> Plan:
     return p
 
 
-def _entries(p: Plan) -> list[tuple[str, str, int]] | None:
-    return getattr(p.source, "entries", None)
+def _entries(p: Plan) -> list[dict[str, Any]] | None:
+    """The rows the driver ships (``None``: the input is a ``Dataset`` already)."""
+    return None if isinstance(p.source, _DatasetInputs) or p.source is None else p.source.items()
 
 
-def _dataset(p: Plan, entries: list[tuple[str, str, int]] | None) -> ray.data.Dataset:
+def _dataset(p: Plan, entries: list[dict[str, Any]] | None) -> ray.data.Dataset:
     ray_module = _need_ray()
     if entries is None:
         inputs = p.run.inputs
@@ -348,8 +374,7 @@ def _dataset(p: Plan, entries: list[tuple[str, str, int]] | None) -> ray.data.Da
             [c for c in ("path", "file", "row") if c in names]
         )
         return selected
-    items = [{"path": i, "file": f, "row": r} for i, f, r in entries]
-    made: ray.data.Dataset = ray_module.data.from_items(items)
+    made: ray.data.Dataset = ray_module.data.from_items(entries)
     return made
 
 
@@ -360,7 +385,7 @@ def _map(p: Plan, ds: ray.data.Dataset) -> ray.data.Dataset:
 
     run = p.run
     actor_run = run.replace(inputs=None, layers=p.layer_specs)
-    spec = getattr(p.source, "spec", None) or run.input.image_spec(p.model)
+    spec = getattr(p.source, "spec", None)
     return ds.map_batches(
         _RunMapper,
         fn_constructor_args=(actor_run, spec, p.schema, keras.backend.backend()),
@@ -706,7 +731,7 @@ def _write(run: Run) -> RayResult:
     attrs = _ray_attributes(p)
     entries = _entries(p)
     done = found.done
-    todo = None if entries is None else [e for e in entries if e[0] not in done]
+    todo = None if entries is None else [e for e in entries if e["path"] not in done]
     new: list[dict[str, Any]] = []
     if todo is None or todo:
         sink = _make_sink(out, p.schema, attrs)

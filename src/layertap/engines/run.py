@@ -45,6 +45,8 @@ __all__ = [
     "Run",
     "model_fingerprint",
     "model_input_rows",
+    "default_source",
+    "open_model",
     "plan",
     "row_shapes",
     "run_fingerprint",
@@ -358,15 +360,14 @@ def run_fingerprint(
 
 
 def row_shapes(
-    extractor: Extractor, reducers: Mapping[str, str], input_shape: tuple[int, ...]
+    extractor: Extractor, reducers: Mapping[str, str], sample: Any
 ) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Every tap's reduced row shape and dtype, from one zero input of ``input_shape``.
+    """Every tap's reduced row shape and dtype, from one ``sample`` row of the inputs.
 
-    For taps whose shape the graph leaves open (a model that takes any image size):
-    the forward pass of one row gives the size a batch will have.
+    For taps whose shape the graph leaves open (a model that takes any image size, a
+    sequence length the preprocessor sets): one row gives the size a batch will have.
     """
-    x = np.zeros((1, *input_shape), np.float32)
-    reduced = reduce_taps(reducers, extractor(x), x)
+    reduced = reduce_taps(reducers, extractor(sample), sample)
     return {k: (tuple(int(d) for d in v.shape[1:]), v.dtype.name) for k, v in reduced.items()}
 
 
@@ -374,20 +375,20 @@ def tap_schema(
     extractor: Extractor,
     reducers: Mapping[str, str],
     fmt: str | None,
-    input_shape: tuple[int, ...] | None,
+    sample: Any,
     reserved: frozenset[str] = frozenset(),
 ) -> TapSchema:
     """The run's :class:`~layertap.io.schema.TapSchema`, row shapes known where they can be.
 
     Shapes come from the feature model's outputs after the reducers; a shape still
-    open is found by one zero input of ``input_shape`` (when the inputs say it).
+    open is found by running ``sample`` (one row of the inputs, when they give one).
     """
     for key, info in extractor.outputs.items():
         check_reducer(reducers[key], info.shape, key)  # names the tap a reducer cannot take
     schema = TapSchema.build(list(extractor.outputs.values()), reducers, fmt, reserved)
-    if schema.known or input_shape is None:
+    if schema.known or sample is None:
         return schema
-    return schema.with_rows(row_shapes(extractor, reducers, input_shape))
+    return schema.with_rows(row_shapes(extractor, reducers, sample))
 
 
 @dataclasses.dataclass
@@ -467,19 +468,19 @@ def plan(
     from layertap.graph.extractor import Extractor
 
     path = model_path or (Path(run.model.model) if run.model.is_path else None)
-    model, encode = _open_model(run, path)
+    model, encode = open_model(run, path)
     layers = run.layers.specs(model) if isinstance(run.layers, LayerOptions) else run.layers
     extractor = Extractor(model, layers)
     keys = list(extractor.outputs)
     if run.output.path is None and "paths" in keys:
         raise BadSpecError("an output named 'paths' clashes with the row ids; use another alias")
     reducers = resolve_pool(run.pool, keys)
-    opener = open_source or _open_source
+    opener = open_source or default_source
     source = opener(run, model) if encode is None else _open_text(run, encode)
     try:
         fmt = run.output.format if run.output.path is not None else None
-        shape = source.input_shape if source is not None else None
-        schema = tap_schema(extractor, reducers, fmt, shape, reserved)
+        sample = source.sample() if source is not None else None
+        schema = tap_schema(extractor, reducers, fmt, sample, reserved)
         fingerprint = None
         if source is not None and source.fingerprint is not None:
             model_hash = model_fingerprint(model, path)
@@ -493,7 +494,8 @@ def plan(
     return Plan(run, model, path, extractor, reducers, schema, source, fingerprint)
 
 
-def _open_source(run: Run, model: Any) -> Source:
+def default_source(run: Run, model: Any) -> Source:
+    """The run's inputs as a :class:`~layertap.io.data.Source` for ``model``."""
     expected = model_input_rows(model)
     return make_source(run.inputs, model, run.input, batch_size=run.batch_size, expected=expected)
 
@@ -518,15 +520,10 @@ def model_input_rows(model: Any) -> dict[str, tuple[int | None, ...]]:
 
 
 def _open_text(run: Run, encode: Encode) -> Source:
-    if run.engine != "local":
-        raise BadInputError(
-            "text inputs run on the local engine for now; the Ray engine reads image files "
-            "and .npy arrays"
-        )
     return make_source(run.inputs, None, run.input, batch_size=run.batch_size, encode=encode)
 
 
-def _open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None]:
+def open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None]:
     """The model, and the text encoder its keras-hub preset (or ``preprocess=``) brings."""
     from layertap.graph.preset import Preset, is_preset, load_preset, text_inputs
 

@@ -2,23 +2,39 @@
 
 :func:`feature_model` is the building block: the ``keras.Model`` that runs every tap
 in one pass. :class:`Extractor` is the convenience on top: the same model, plus
-input checks, batching and numpy results.
+input checks, batching, numpy results, and raw inputs (texts for a model with a
+keras-hub text preprocessor, image files and PIL images for a one-input image model).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import warnings
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import keras
 import numpy as np
 from keras import tree
+from PIL import Image, ImageOps
 
 from layertap._errors import BadInputError
 from layertap.graph import keras_internals as ki
 from layertap.graph.build import build_model, needed_inputs
+from layertap.graph.preset import Preset, text_inputs
 from layertap.graph.resolve import Spec, resolve
 from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
+from layertap.io.data import (
+    RESAMPLE,
+    Decoder,
+    ImageSpec,
+    InputOptions,
+    Preprocess,
+    is_text_preprocessor,
+    resolve_preprocess,
+)
 from layertap.io.schema import TapInfo
 
 __all__ = ["Extractor", "TapInfo", "feature_model"]
@@ -30,6 +46,85 @@ def _shape(x: Any) -> tuple[int | None, ...] | None:
 
 
 Layers = Spec | Sequence[Spec] | Mapping[str, Spec]
+
+#: What a bad image raises while it is decoded (as :func:`layertap.io.data.load_image`).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _is_item(x: Any) -> bool:
+    """A raw input: a string (a text or a path), a ``PathLike`` or a PIL image."""
+    return isinstance(x, str | os.PathLike | Image.Image)
+
+
+def _raw_items(x: Any) -> list[Any] | None:
+    """``x`` as a list of raw inputs when it is one, or a list or tuple of only them.
+
+    A list that mixes arrays and strings is left to the array checks, which name the
+    input that is not an array.
+    """
+    if _is_item(x):
+        return [x]
+    if isinstance(x, list | tuple) and x and all(_is_item(item) for item in x):
+        return list(x)
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _pil_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """An open PIL image -> the float32 array ``spec`` describes, as ``load_image`` does.
+
+    :func:`layertap.io.data.load_image` opens a file and then runs these steps, line by
+    line: EXIF transpose, convert to RGB or ``L``, resize, float32, preprocess, layout.
+    Running them on the image itself (not a re-encoded copy) keeps every pixel: an image
+    opened from a file gives the array its path gives. ``img`` is not changed.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's warnings on harmless quirks, as there
+        out = ImageOps.exif_transpose(img)
+        out = out.convert("RGB" if spec.channels == 3 else "L")
+        if out.size != (spec.width, spec.height):
+            out = out.resize((spec.width, spec.height), RESAMPLE[spec.resize])
+        array = np.asarray(out, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    array = np.asarray(resolve_preprocess(spec.preprocess)[1](array), dtype=np.float32)
+    if spec.channels_first:
+        array = np.transpose(array, (2, 0, 1))
+    return np.ascontiguousarray(array)
+
+
+def _decode_images(items: list[Any], spec: ImageSpec) -> np.ndarray:
+    """Paths (decoded by :class:`~layertap.io.data.Decoder`) and PIL images -> one batch.
+
+    Raises :class:`BadInputError` naming every input that cannot be decoded, and why.
+    """
+    rows: list[np.ndarray | None] = [None] * len(items)
+    bad: list[str] = []
+    paths = [(i, os.fsdecode(x)) for i, x in enumerate(items) if not isinstance(x, Image.Image)]
+    if paths:
+        with Decoder(spec) as decoder:
+            done = decoder.decode([(path, -1) for _, path in paths])
+        for (i, path), (array, why) in zip(paths, done, strict=True):
+            rows[i] = array
+            if array is None:
+                bad.append(f"{path!r}: {why}")
+    for i, x in enumerate(items):
+        if isinstance(x, Image.Image):
+            try:
+                rows[i] = _pil_image(x, spec)
+            except _DECODE_ERRORS as exc:
+                bad.append(f"the PIL image at [{i}]: {_reason(exc)}")
+    if bad:
+        shown = "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        raise BadInputError(
+            f"{len(bad)} of {len(items)} images cannot be decoded: {shown} (an Extractor "
+            "runs exactly the inputs it is given; layertap.extract skips bad files and "
+            "names them)"
+        )
+    return np.stack([row for row in rows if row is not None])
 
 
 def _places_and_model(
@@ -73,18 +168,66 @@ def feature_model(model: keras.Model, layers: Layers, *, input_shape: Any = None
     return _places_and_model(model, layers, input_shape)[1]
 
 
+def _text_preset(model: keras.Model, preset: Preset | None, preprocess: Any) -> Preset | None:
+    """The preset that tokenizes texts for ``model``, or ``None`` for a model without one.
+
+    A keras-hub ``preprocess`` wins over the preset's own; a preset's preprocessor is
+    used only when it is a text one (as :func:`layertap.extract` does).
+    """
+    if is_text_preprocessor(preprocess):
+        if getattr(preprocess, "tokenizer", None) is None:
+            raise BadInputError(
+                f"preprocess= is a keras-hub {type(preprocess).__name__} without a "
+                "tokenizer; an Extractor takes a keras-hub text preprocessor (texts), or "
+                "a preset name, callable or 'module:function' (images)"
+            )
+        base = preset or Preset(model, None, None, None, model.name)
+        return dataclasses.replace(base, preprocessor=preprocess, kind="text")
+    if preprocess is None and preset is not None and preset.kind == "text":
+        return preset
+    return None
+
+
 class Extractor:
     """Tap any layers of a Keras graph model in one forward pass.
 
+    An extractor is called on what the model takes (arrays: one, a list in input order
+    or a dict keyed by input name) and on raw inputs the extractor turns into arrays:
+
+    * a **text extractor** (a :class:`~layertap.Preset` with a text preprocessor, or
+      ``preprocess=`` a keras-hub text preprocessor) takes a list of strings, one text
+      each, tokenized by :func:`~layertap.graph.preset.text_inputs`; a single ``str``
+      is one text;
+    * a **one-input image model** (a 4-D input with 1 or 3 channels first or last; see
+      :meth:`~layertap.io.data.ImageSpec.from_model`) takes a list of file paths
+      (``str`` or ``PathLike``) and PIL images, in any mix, decoded as
+      :func:`layertap.extract` decodes image files: turned upright by EXIF, converted to
+      RGB or grayscale, resized to the model's size (``size=`` for a model that takes
+      any size) and preprocessed (``preprocess=``, default ``"rescale"``). A single
+      path or PIL image is a batch of one.
+
+    A call runs exactly the inputs it is given, so an image that cannot be decoded
+    raises :class:`~layertap.BadInputError` naming it and the reason
+    (:func:`layertap.extract` instead skips bad files and reports them). Strings given
+    to a model that is neither a text nor an image model raise it too, saying what the
+    model takes.
+
     Args:
-        model: a Functional or Sequential ``keras.Model``; nested sub-models are
-            walked at any depth.
+        model: a Functional or Sequential ``keras.Model``, nested sub-models walked at
+            any depth; or a :class:`~layertap.Preset` (from :func:`~layertap.load_preset`):
+            its backbone is tapped and its text preprocessor used.
         layers: a spec, a list of specs (results keyed by canonical path) or a dict
             alias -> spec (results keyed by alias). See the README for the grammar.
         input_shape: for a model with its own ``call()`` that has not been built: the
             shape of one input batch, e.g. ``(None, 32, 32, 3)``.
         jit_compile: ``True`` to run through XLA (TensorFlow, JAX) or ``torch.compile``;
             ``"auto"`` keeps Keras's default.
+        preprocess: a keras-hub text preprocessor (the extractor is then a text
+            extractor; default: a preset's own); or, for image files and PIL images, a
+            name from :data:`~layertap.io.data.PRESETS` (``"rescale"`` by default), a
+            callable or ``"module:function"``. Arrays are never preprocessed.
+        size: ``(height, width)`` images are resized to, for a model that takes any size.
+        resize: Pillow's resize filter: nearest, bilinear, bicubic, lanczos, box, hamming.
 
     Attributes:
         model: the multi-output ``keras.Model`` (dict outputs) that runs the taps, as
@@ -92,6 +235,13 @@ class Extractor:
             saved, reloaded or called.
         outputs: ``{key: TapInfo}`` in result order.
         places: ``{key: LayerInfo}``, the place each key taps.
+        preprocessor: the keras-hub text preprocessor, or ``None``.
+        image_spec: what an image file becomes (an :class:`~layertap.io.data.ImageSpec`),
+            or ``None`` when the model takes no images (or is a text model).
+
+    Raises:
+        BadInputError: an unknown ``preprocess`` or ``resize``, a bad ``size``, or a
+            keras-hub preprocessor without a tokenizer.
 
     Example:
         >>> import keras, numpy as np
@@ -102,17 +252,43 @@ class Extractor:
         (None, 3)
         >>> ex(np.ones((2, 4), "float32"))["h"].shape
         (2, 3)
+
+        Image files and PIL images, for a one-input image model:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> f = Path(tempfile.mkdtemp()) / "red.png"
+        >>> Image.new("RGB", (40, 30), (255, 0, 0)).save(f)
+        >>> cnn = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="c")])
+        >>> Extractor(cnn, ["c"])([f, Image.new("RGB", (9, 9))])["c"].shape
+        (2, 6, 6, 2)
+
+        Texts, for a keras-hub preset with a text preprocessor:
+
+        >>> bert = Extractor(load_preset("path/to/bert"), ["transformer_layer_0"])  # doctest: +SKIP
+        >>> bert(["the cat sat", "a dog"])["transformer_layer_0"].shape  # doctest: +SKIP
+        (2, 16, 16)
     """
 
     def __init__(
         self,
-        model: keras.Model,
+        model: keras.Model | Preset,
         layers: Layers,
         *,
         input_shape: Any = None,
         jit_compile: bool | str = "auto",
+        preprocess: str | Preprocess | Any | None = None,
+        size: tuple[int, int] | None = None,
+        resize: str = "bilinear",
     ) -> None:
-        self.source = model
+        preset = model if isinstance(model, Preset) else None
+        model = preset.model if preset is not None else model
+        self.source: keras.Model = model
+        self._text = _text_preset(model, preset, preprocess)
+        self.preprocessor: Any = self._text.preprocessor if self._text is not None else None
+        image_preprocess = None if self._text is not None else preprocess
+        options = InputOptions(preprocess=image_preprocess, size=size, resize=resize)
         self.places: dict[str, LayerInfo]
         self.model: keras.Model
         self.places, self.model = _places_and_model(model, layers, input_shape)
@@ -130,6 +306,10 @@ class Extractor:
             shapes = [x.shape for x in self.model.inputs]
             self._needed = list(range(len(shapes)))
         self._input_specs = [tuple(shape) for shape in shapes]
+        self.image_spec: ImageSpec | None = None
+        self._no_images = "it is a text model"
+        if self._text is None:
+            self.image_spec, self._no_images = self._image_spec(options)
         if jit_compile != "auto":
             self.model.jit_compile = jit_compile
         outputs = self.model.output
@@ -142,6 +322,15 @@ class Extractor:
             )
             for key, place in self.places.items()
         }
+
+    def _image_spec(self, options: InputOptions) -> tuple[ImageSpec | None, str]:
+        """What an image becomes for the source model, or ``None`` and why it takes none."""
+        inputs = [SimpleNamespace(shape=shape) for shape in self._input_specs]
+        try:
+            view = SimpleNamespace(name=self.source.name, inputs=inputs)
+            return options.image_spec(view), ""
+        except BadInputError as exc:
+            return None, str(exc)
 
     def __repr__(self) -> str:
         taps = ", ".join(f"{k!r}: {v.path!r}" for k, v in self.outputs.items())
@@ -198,16 +387,66 @@ class Extractor:
             return [arrays[i] for i in self._needed]
         return arrays[self._needed[0]]
 
+    def _arrays(self, x: Any) -> Any:
+        """Texts, image paths and PIL images -> the arrays they stand for; else ``x``."""
+        items = _raw_items(x)
+        if items is None:
+            return x
+        if self._text is not None:
+            others = [
+                f"[{i}] is a {type(t).__name__}"
+                for i, t in enumerate(items)
+                if not isinstance(t, str)
+            ]
+            if others:
+                raise BadInputError(
+                    f"a text extractor takes a list of strings, one text each, but item "
+                    f"{', '.join(others)}; read text files with layertap.extract"
+                )
+            return text_inputs(self._text, items)
+        if self.image_spec is not None:
+            return _decode_images(items, self.image_spec)
+        raise self._takes_no_raw_inputs(items)
+
+    def _takes_no_raw_inputs(self, items: list[Any]) -> BadInputError:
+        """The error for texts, paths or images given to a model that takes none."""
+        kinds = sorted({type(t).__name__ for t in items})
+        what = "strings" if kinds == ["str"] else f"raw inputs ({', '.join(kinds)})"
+        shapes = ", ".join(
+            f"{n!r} {s}" for n, s in zip(self._input_names, self._input_specs, strict=True)
+        )
+        return BadInputError(
+            f"got {what}, but model {self.source.name!r} takes neither texts nor image "
+            f"files ({self._no_images}); its inputs are {shapes}. Pass arrays (one array, "
+            "a list in input order or a dict keyed by input name), or for texts "
+            "preprocess= a keras-hub text preprocessor (or a layertap.Preset)"
+        )
+
     def __call__(self, x: Any) -> dict[str, np.ndarray]:
         """Run one batch; return ``{key: array}``.
+
+        ``x`` is what the model takes (arrays), or texts, image paths or PIL images (see
+        :class:`Extractor`); all of them are one batch.
+
+        Raises:
+            BadInputError: inputs that do not fit the model, an image that cannot be
+                decoded (named, with the reason), or strings for a model that takes
+                neither texts nor images.
 
         Example:
             >>> import keras, numpy as np
             >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
             >>> Extractor(m, ["d"])(np.zeros((5, 4), "float32"))["d"].shape
             (5, 3)
+            >>> Extractor(m, ["d"])(["a", "b"])  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            layertap._errors.BadInputError: got strings, but model 'sequential...' takes neither \
+texts nor image files (...); its inputs are ... Pass arrays (one array, a list in input \
+order or a dict keyed by input name), or for texts preprocess= a keras-hub text \
+preprocessor (or a layertap.Preset)
         """
-        out = self.model.predict_on_batch(self._model_inputs(x))
+        out = self.model.predict_on_batch(self._model_inputs(self._arrays(x)))
         return {key: np.asarray(out[key]) for key in self.outputs}
 
     def predict(
@@ -216,7 +455,10 @@ class Extractor:
         """Run ``x`` in batches through a compiled function; return ``{key: array}``.
 
         ``x`` is anything ``keras.Model.predict`` takes: arrays (checked against the
-        model's inputs), a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``.
+        model's inputs), a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``; or texts,
+        image paths or PIL images as :meth:`__call__` takes them (all decoded or
+        tokenized first, then run in batches: for many files, :func:`layertap.extract`
+        decodes batch by batch).
 
         Example:
             >>> import keras, numpy as np
@@ -224,6 +466,7 @@ class Extractor:
             >>> Extractor(m, {"f": 0}).predict(np.zeros((70, 4), "float32"))["f"].shape
             (70, 3)
         """
+        x = self._arrays(x)
         if not (isinstance(x, Mapping | list | tuple) or _shape(x) is not None):
             out = self.model.predict(x, batch_size=batch_size, verbose=verbose)
             return {key: np.asarray(out[key]) for key in self.outputs}

@@ -434,7 +434,7 @@ class Source:
         fingerprint: a hash of the inputs' identity (``None``: cannot resume).
         preprocessing: a JSON-able description of what is done to each input.
         input_shape: the shape of one input row as the model gets it (``None``: unknown
-            before the first batch).
+            before the first batch, or several inputs).
     """
 
     kind = "abstract"
@@ -446,6 +446,18 @@ class Source:
     def batches(self, start: int = 0) -> Iterator[Batch]:
         """Batches of the inputs from index ``start`` on."""
         raise NotImplementedError
+
+    def sample(self) -> Any:
+        """One row as the model takes it, batch dimension first (for shapes; ``None``:
+        not known before the first batch)."""
+        if self.input_shape is None:
+            return None
+        return np.zeros((1, *self.input_shape), np.float32)
+
+    def items(self) -> list[dict[str, Any]] | None:
+        """One record per input for an engine that ships rows to workers (``path`` is the
+        row id), or ``None`` when the inputs cannot be listed (an iterable)."""
+        return None
 
     def close(self) -> None:
         """Release worker threads."""
@@ -586,6 +598,9 @@ class FileSource(Source):
         return (
             (s.channels, s.height, s.width) if s.channels_first else (s.height, s.width, s.channels)
         )
+
+    def items(self) -> list[dict[str, Any]]:
+        return [{"path": i, "file": f, "row": r} for i, f, r in self.entries]
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         window = 2 * self.batch_size + self.workers  # about two batches decoded ahead
@@ -750,6 +765,15 @@ class ArraysSource(Source):
                 parts[name].append(found[name])
         arrays = {name: np.concatenate(parts[name]) for name in expected}
         return cls(arrays, batch_size=batch_size, ids=ids, where="the input files")
+
+    def sample(self) -> dict[str, np.ndarray]:
+        return {k: v[:1] for k, v in self.arrays.items()}
+
+    def items(self) -> list[dict[str, Any]]:
+        return [
+            {"path": row_id, **{k: v[i] for k, v in self.arrays.items()}}
+            for i, row_id in enumerate(self.ids)
+        ]
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         for i in range(start, self.rows, self.batch_size):
@@ -1046,6 +1070,13 @@ class TextSource(Source):
         self.total = len(self.rows)
         self.fingerprint = h.hexdigest()
         self.preprocessing = {"text_column": text_column, **(description or {})}
+
+    def sample(self) -> Any:
+        text = next((t for _, t, _ in self.rows if t is not None), None)
+        return None if text is None else self.encode([text])
+
+    def items(self) -> list[dict[str, Any]]:
+        return [{"path": i, "text": t or "", "reason": why} for i, t, why in self.rows]
 
     def batches(self, start: int = 0) -> Iterator[Batch]:
         ids: list[str] = []
