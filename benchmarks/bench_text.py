@@ -1,0 +1,230 @@
+"""Text lines to pooled features on disk: layertap extract vs predict on tokenized inputs.
+
+Writes a small BERT-style keras-hub preset into a temp dir (nothing is downloaded):
+``BertBackbone`` with random weights (``--num-layers`` 2, 2 heads, hidden 64,
+intermediate 256, ``max_sequence_length=128``), a vocabulary of a few hundred words
+built in code (the five special tokens first), ``BertTokenizer`` and
+``BertTextClassifierPreprocessor(sequence_length=--sequence-length)``, all saved with
+``save_to_preset``. ``lines.txt`` holds ``--lines`` random sentences of 5-40 words
+(seeded).
+
+- **throughput**: rows/s of ``layertap.extract(preset dir, Path("lines.txt"),
+  {"emb": layer}, "out.h5", pool="avg")`` (what ``layertap extract PRESET lines.txt
+  -l emb=LAYER --pool avg -o out.h5 -q`` runs: preset load, tokenization batch by
+  batch, the truncated model's ``predict_on_batch``, masked mean, HDF5 writes; all
+  timed) over rows/s of the backbone's ``predict`` on the same lines already tokenized
+  and padded (``layertap.graph.preset.text_inputs``; tokenization not timed). Same
+  batch size. Target >= 0.90.
+- diagnostics: ``predict`` of the truncated model (input -> LAYER, what layertap
+  runs); extract on one batch of lines (its fixed cost: preset load, planning,
+  tracing) and the marginal rate that leaves; ``load_preset`` alone; tokenizing the
+  lines batch by batch as extract does; the truncated model's ``predict_on_batch``
+  batch by batch on tokenized inputs (extract's forward pass without the rest).
+
+Each variant runs once as a warm-up, then ``--repeats`` interleaved rounds; medians.
+
+Usage::
+
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_text.py
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_text.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+HIDDEN = 64
+HEADS = 2
+
+
+def vocabulary(n_words: int = 400) -> list[str]:
+    """The special tokens, then ``n_words`` made-up lowercase words and some punctuation."""
+    onsets = "b d f g k l m n p r s t v z".split()
+    vowels = "a e i o u".split()
+    syllables = [c + v for c in onsets for v in vowels]  # 70
+    words: list[str] = []
+    for first in syllables:
+        for second in syllables:
+            words.append(first + second)
+            if len(words) == n_words:
+                return SPECIAL + [".", ","] + words
+    return SPECIAL + [".", ","] + words
+
+
+def write_lines(path: Path, words: list[str], n: int, seed: int = 0) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            k = int(rng.integers(5, 41))
+            f.write(" ".join(words[i] for i in rng.integers(0, len(words), k)) + " .\n")
+
+
+def write_preset(directory: Path, vocab: list[str], num_layers: int, sequence_length: int) -> None:
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocab),
+        num_layers=num_layers,
+        num_heads=HEADS,
+        hidden_dim=HIDDEN,
+        intermediate_dim=4 * HIDDEN,
+        max_sequence_length=128,
+    )
+    backbone.save_to_preset(str(directory))
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab)
+    tokenizer.save_to_preset(str(directory))
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+    preprocessor.save_to_preset(str(directory))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lines", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--layer", default=None, help="default: the last transformer layer")
+    parser.add_argument("--sequence-length", type=int, default=64)
+    args = parser.parse_args()
+    layer = args.layer or f"transformer_layer_{args.num_layers - 1}"
+    batch = args.batch_size
+
+    import h5py
+    import keras
+    import keras_hub
+    import numpy as np
+
+    import layertap
+    from layertap.graph.preset import text_inputs
+
+    tmp = Path(tempfile.mkdtemp(prefix="layertap-bench-text-"))
+    preset_dir = tmp / "bert_preset"
+    vocab = vocabulary()
+    write_preset(preset_dir, vocab, args.num_layers, args.sequence_length)
+    words = vocab[len(SPECIAL) + 2 :]
+    lines = tmp / "lines.txt"
+    write_lines(lines, words, args.lines)
+    one_batch = tmp / "one_batch.txt"
+    one_batch.write_text("".join(lines.read_text().splitlines(keepends=True)[:batch]))
+    texts = lines.read_text(encoding="utf-8").splitlines()
+
+    # The baselines: the same preset, loaded once, on inputs tokenized beforehand.
+    preset = layertap.load_preset(str(preset_dir))
+    backbone = preset.model
+    truncated = keras.Model(backbone.input, backbone.get_layer(layer).output)
+    x = text_inputs(preset, texts)
+    chunks = [{k: v[i : i + batch] for k, v in x.items()} for i in range(0, len(texts), batch)]
+    n_tokens = int(x["padding_mask"].sum())
+
+    runs = 0
+
+    def extract(inputs: Path) -> Callable[[], Any]:
+        def go() -> Any:
+            nonlocal runs
+            runs += 1  # a fresh file each time: the same run again would be "complete"
+            return layertap.extract(
+                str(preset_dir),
+                inputs,
+                {"emb": layer},
+                tmp / f"out{runs}.h5",
+                pool="avg",
+                batch_size=batch,
+                progress=False,
+            )
+
+        return go
+
+    def tokenize() -> None:
+        for i in range(0, len(texts), batch):
+            text_inputs(preset.preprocessor, texts[i : i + batch])
+
+    variants: dict[str, Callable[[], Any]] = {
+        "extract": extract(lines),
+        "predict": lambda: backbone.predict(x, batch_size=batch, verbose=0),
+        "truncated": lambda: truncated.predict(x, batch_size=batch, verbose=0),
+        "extract_1": extract(one_batch),
+        "load": lambda: layertap.load_preset(str(preset_dir)),
+        "tokenize": tokenize,
+        "on_batch": lambda: [truncated.predict_on_batch(c) for c in chunks],
+    }
+
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    outs = {k: f() for k, f in variants.items()}
+    warmup = time.perf_counter() - t0
+    # Sanity check: extract's rows are the truncated model's masked means.
+    mask = x["padding_mask"].astype("float32")[..., None]
+    expected = (outs["truncated"] * mask).sum(1) / mask.sum(1)
+    with h5py.File(outs["extract"].path) as f:
+        got = f["emb"][:]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    for r in range(args.repeats):
+        for k in order[r % len(order) :] + order[: r % len(order)]:
+            t = time.perf_counter()
+            variants[k]()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n = len(texts)
+    rate = {k: n / med[k] for k in ("extract", "predict", "truncated", "tokenize", "on_batch")}
+    marginal = (n - batch) / (med["extract"] - med["extract_1"])
+    fixed = med["extract_1"] - batch / marginal  # time = fixed + rows / marginal
+    ratio = rate["extract"] / rate["predict"]
+
+    backend = keras.backend.backend()
+    engine = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax"}.get(backend, "torch"))
+    print(
+        f"backend={backend} {getattr(engine, '__name__', '')}="
+        f"{getattr(engine, '__version__', '?')} keras={keras.__version__} "
+        f"keras_hub={keras_hub.__version__} layertap={layertap.__version__} "
+        f"python={platform.python_version()} cpus={os.cpu_count()} "
+        f"machine={platform.machine()} loadavg before={load0[0]:.2f} "
+        f"after={os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"BertBackbone {args.num_layers} layers, {HEADS} heads, hidden {HIDDEN}, "
+        f"vocabulary {len(vocab)}; tap {layer} pool avg; {n} lines ({n_tokens} tokens, "
+        f"{n_tokens / n:.1f} per line) padded to {args.sequence_length}; batch {batch}; "
+        f"median of {args.repeats} interleaved repeats after a warm-up ({warmup:.1f} s)"
+    )
+    print(f"{'measure':60} {'value':>9} {'target':>8}  ok")
+    rows = [
+        (f"layertap extract, lines.txt -> HDF5 ({n} lines), rows/s", rate["extract"], "", ""),
+        ("backbone.predict on tokenized inputs, rows/s", rate["predict"], "", ""),
+        ("throughput ratio extract / predict", ratio, ">= 0.90", ratio >= 0.90),
+        (f"truncated model (input -> {layer}).predict, rows/s", rate["truncated"], "", ""),
+        ("extract on one batch (fixed cost), s", med["extract_1"], "", ""),
+        ("  of which load_preset, s", med["load"], "", ""),
+        ("extract, marginal rate past the first batch, rows/s", marginal, "", ""),
+        ("extract fixed cost (one batch's share removed), s", fixed, "", ""),
+        (f"tokenize in batches of {batch} (text_inputs), rows/s", rate["tokenize"], "", ""),
+        (f"truncated predict_on_batch, batches of {batch}, rows/s", rate["on_batch"], "", ""),
+    ]
+    for name, value, target, ok in rows:
+        mark = "" if ok == "" else ("yes" if ok else "NO")
+        print(f"{name:60} {value:9.2f} {target:>8}  {mark}")
+    print("all repeats (s):")
+    for k, v in times.items():
+        print(f"  {k:10s} " + " ".join(f"{t:.3f}" for t in v) + f"  (min {min(v):.3f})")
+
+
+if __name__ == "__main__":
+    main()
