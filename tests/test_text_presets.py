@@ -81,3 +81,27 @@ def test_python_list_of_strings_and_the_padded_length(preset: tuple[Path, Any, A
     p = layertap.load_preset(str(directory))
     again = layertap.extract(p.model, texts, {"e": LAYER}, pool="avg", preprocess=p.preprocessor)
     assert_close(again["e"], short["e"])
+
+
+def test_keep_stores_the_mask_next_to_the_tap(
+    preset: tuple[Path, Any, Any], tmp_path: Path
+) -> None:
+    directory, backbone, tokenizer = preset
+    texts = ["the cat sat", "a big red house by the water"]
+    out = tmp_path / "tokens.h5"
+    result = layertap.extract(str(directory), texts, {"h": LAYER, "m": LAYER}, out,
+                              pool={"m": "avg"})  # fmt: skip
+    assert result.shapes["h"] == (2, 16, 16) and result.shapes["h.mask"] == (2, 16)
+    assert "m.mask" not in result.shapes  # a pooled tap needs no mask
+    model = keras.Model(backbone.input, backbone.get_layer(LAYER).output)
+    with h5py.File(out) as f:
+        for row, text in enumerate(texts):
+            n = len(np.asarray(tokenizer(text))) + 2  # [CLS] ... [SEP]
+            np.testing.assert_array_equal(f["h.mask"][row], [1] * n + [0] * (16 - n))
+            p = layertap.load_preset(str(directory))
+            from layertap.graph.preset import text_inputs
+
+            want = keras.ops.convert_to_numpy(model(text_inputs(p, [text])))[0]
+            assert_close(f["h"][row][:n], want[:n])
+    feats = layertap.extract(str(directory), texts, {"h": LAYER})
+    assert sorted(feats) == ["h", "h.mask", "paths"]

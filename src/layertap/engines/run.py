@@ -28,7 +28,14 @@ import numpy as np
 
 from layertap._errors import BadInputError, BadSpecError, OutputError
 from layertap.io.data import Encode, InputOptions, Source, is_text_preprocessor, make_source
-from layertap.io.reduce import REDUCERS, check_reducer, reduce_taps, resolve_pool
+from layertap.io.reduce import (
+    MASK_INPUT,
+    REDUCERS,
+    check_reducer,
+    masked_keys,
+    reduce_taps,
+    resolve_pool,
+)
 from layertap.io.schema import TapSchema
 from layertap.io.write import check_output
 
@@ -386,6 +393,11 @@ def tap_schema(
     for key, info in extractor.outputs.items():
         check_reducer(reducers[key], info.shape, key)  # names the tap a reducer cannot take
     schema = TapSchema.build(list(extractor.outputs.values()), reducers, fmt, reserved)
+    mask = sample.get(MASK_INPUT) if isinstance(sample, Mapping) else None
+    if mask is not None:
+        shapes = {key: info.shape for key, info in extractor.outputs.items()}
+        tokens = int(np.asarray(mask).shape[1])
+        schema = schema.with_masks(masked_keys(reducers, shapes, tokens), tokens, fmt)
     if schema.known or sample is None:
         return schema
     return schema.with_rows(row_shapes(extractor, reducers, sample))

@@ -46,8 +46,10 @@ from layertap._errors import BadSpecError
 
 __all__ = [
     "MASK_INPUT",
+    "MASK_SUFFIX",
     "REDUCERS",
     "check_reducer",
+    "masked_keys",
     "parse_pool_options",
     "reduce",
     "reduce_taps",
@@ -57,6 +59,8 @@ __all__ = [
 
 #: The model input that marks real tokens (keras-hub's name); its batch is the mask.
 MASK_INPUT = "padding_mask"
+#: A kept token tap's mask is stored under its key plus this.
+MASK_SUFFIX = ".mask"
 
 #: Reducer names, with their aliases.
 REDUCERS = {
@@ -271,13 +275,44 @@ def reduce_taps(
     """Every tap's reducer, with the batch's padding mask when the inputs hold one.
 
     ``inputs`` is the batch as the model took it; a dict with :data:`MASK_INPUT` gives
-    the mask that token-aware reducers use (both engines call this).
+    the mask that token-aware reducers use (both engines call this). A kept
+    ``(batch, tokens, dim)`` tap gets the mask next to it, under ``KEY.mask``
+    (:data:`MASK_SUFFIX`, uint8, 1 for a real token), so its padding can be told apart.
 
     Example:
         >>> x = np.arange(6, dtype="float32").reshape(1, 3, 2)
-        >>> reduce_taps({"t": "avg"}, {"t": x}, {"padding_mask": np.array([[1, 1, 0]])})
+        >>> m = {"padding_mask": np.array([[1, 1, 0]])}
+        >>> reduce_taps({"t": "avg"}, {"t": x}, m)
         {'t': array([[1., 2.]], dtype=float32)}
+        >>> reduce_taps({"t": "keep"}, {"t": x}, m)["t.mask"]
+        array([[1, 1, 0]], dtype=uint8)
     """
     mask = inputs.get(MASK_INPUT) if isinstance(inputs, Mapping) else None
     mask = None if mask is None else np.asarray(mask)
-    return {key: reduce(reducers[key], np.asarray(value), mask) for key, value in outputs.items()}
+    out: dict[str, np.ndarray] = {}
+    for key, value in outputs.items():
+        value = np.asarray(value)
+        out[key] = reduce(reducers[key], value, mask)
+        if REDUCERS[reducers[key]] == "keep" and mask is not None and _aligned(value, mask):
+            out[key + MASK_SUFFIX] = (mask != 0).astype(np.uint8)
+    return out
+
+
+def _aligned(x: np.ndarray, mask: np.ndarray) -> bool:
+    return x.ndim == 3 and x.shape[:2] == mask.shape
+
+
+def masked_keys(
+    reducers: Mapping[str, str], shapes: Mapping[str, Sequence[int | None]], tokens: int
+) -> list[str]:
+    """The kept taps that get a ``KEY.mask`` next to them: ``(batch, tokens, dim)`` rows.
+
+    Example:
+        >>> masked_keys({"a": "keep", "b": "avg"}, {"a": (None, 8, 4), "b": (None, 8, 4)}, 8)
+        ['a']
+    """
+    return [
+        key
+        for key, shape in shapes.items()
+        if REDUCERS[reducers[key]] == "keep" and len(shape) == 3 and shape[1] in (tokens, None)
+    ]

@@ -213,6 +213,27 @@ class TapSchema:
             )
         )
 
+    def with_masks(self, keys: Sequence[str], tokens: int, fmt: str | None) -> TapSchema:
+        """The schema with a ``KEY.mask`` column (uint8, ``(tokens,)``) after each of ``keys``.
+
+        Example:
+            >>> s = TapSchema.build([TapInfo("h", "enc", (None, 8, 4), "float32")],
+            ...                     {"h": "keep"}, "hdf5")
+            >>> [(c.key, c.shape, c.dtype) for c in s.with_masks(["h"], 8, "hdf5")]
+            [('h', (8, 4), 'float32'), ('h.mask', (8,), 'uint8')]
+        """
+        columns: list[TapColumn] = []
+        for c in self.columns:
+            columns.append(c)
+            if c.key in keys:
+                columns.append(TapColumn(c.key + ".mask", c.layer, "", (tokens,), "uint8", "mask"))
+        keys_in_order = [c.key for c in columns]
+        taken = RESERVED.get(fmt or "", frozenset())
+        names = (
+            safe_names(keys_in_order, taken) if fmt is not None else {k: k for k in keys_in_order}
+        )
+        return TapSchema(tuple(dataclasses.replace(c, name=names[c.key]) for c in columns))
+
     def taps_attribute(self, rows: int) -> dict[str, dict[str, Any]]:
         """The files' ``taps`` record: ``{key: {dataset, layer, shape (rows first), dtype, pool}}``.
 
