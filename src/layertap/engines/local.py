@@ -104,8 +104,23 @@ def _report(batch: Batch, on_failed: OnFailed) -> None:
         log.warning("skipped %s: %s", *item)
 
 
-def _forward(p: Plan, x: np.ndarray) -> dict[str, np.ndarray]:
-    return reduce_taps(p.reducers, p.extractor(x), x)
+def _forward(p: Plan, x: Any) -> dict[str, np.ndarray]:
+    """One batch through the taps and reducers.
+
+    A short batch of texts or input arrays (the last one) is padded to the batch size
+    by repeating its last row, and the extra rows are dropped: the model then runs at one
+    shape and is traced (or compiled, on JAX) once. Rows are independent at inference,
+    so the kept rows are the same.
+    """
+    n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+    short = isinstance(x, Mapping) and 0 < n < p.run.batch_size
+    if short:
+        extra = p.run.batch_size - n
+        full = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) for k, v in x.items()}
+        outputs = {k: v[:n] for k, v in p.extractor(full).items()}
+    else:
+        outputs = p.extractor(x)
+    return reduce_taps(p.reducers, outputs, x)
 
 
 class LocalEngine:

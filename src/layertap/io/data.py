@@ -1078,7 +1078,8 @@ class TextSource(Source):
     def items(self) -> list[dict[str, Any]]:
         return [{"path": i, "text": t or "", "reason": why} for i, t, why in self.rows]
 
-    def batches(self, start: int = 0) -> Iterator[Batch]:
+    def _groups(self, start: int) -> Iterator[tuple[list[str], list[str], list[Any], int]]:
+        """``(ids, texts, failed, end)`` of each batch, before tokenizing."""
         ids: list[str] = []
         texts: list[str] = []
         failed: list[tuple[str, str]] = []
@@ -1090,9 +1091,27 @@ class TextSource(Source):
                 ids.append(row_id)
                 texts.append(text)
             if len(ids) == self.batch_size or (i == len(self.rows) - 1 and (ids or failed)):
-                x: Any = self.encode(texts) if texts else {}
-                yield Batch(ids, x, failed, i + 1)
+                yield ids, texts, failed, i + 1
                 ids, texts, failed = [], [], []
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Batches tokenized one ahead in a worker thread, overlapping the forward pass."""
+        pending: collections.deque[tuple[Any, Future[Any]]] = collections.deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="layertap-tokenize") as pool:
+            for group in self._groups(start):
+                pending.append((group, pool.submit(self._encode, group[1])))
+                if len(pending) > 1:
+                    yield self._batch(*pending.popleft())
+            while pending:
+                yield self._batch(*pending.popleft())
+
+    def _encode(self, texts: list[str]) -> Any:
+        return self.encode(texts) if texts else {}
+
+    @staticmethod
+    def _batch(group: tuple[list[str], list[str], list[Any], int], x: Future[Any]) -> Batch:
+        ids, _, failed, end = group
+        return Batch(ids, x.result(), failed, end)
 
 
 def _is_pydataset(obj: Any) -> bool:
