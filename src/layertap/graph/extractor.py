@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import tree
-from PIL import Image, ImageOps
+from PIL import Image
 
 from layertap._errors import BadInputError
 from layertap.graph import keras_internals as ki
@@ -27,13 +26,12 @@ from layertap.graph.preset import Preset, text_inputs
 from layertap.graph.resolve import Spec, resolve
 from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
 from layertap.io.data import (
-    RESAMPLE,
     Decoder,
     ImageSpec,
     InputOptions,
     Preprocess,
+    decode_image,
     is_text_preprocessor,
-    resolve_preprocess,
 )
 from layertap.io.schema import TapInfo
 
@@ -73,29 +71,6 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _pil_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """An open PIL image -> the float32 array ``spec`` describes, as ``load_image`` does.
-
-    :func:`layertap.io.data.load_image` opens a file and then runs these steps, line by
-    line: EXIF transpose, convert to RGB or ``L``, resize, float32, preprocess, layout.
-    Running them on the image itself (not a re-encoded copy) keeps every pixel: an image
-    opened from a file gives the array its path gives. ``img`` is not changed.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow's warnings on harmless quirks, as there
-        out = ImageOps.exif_transpose(img)
-        out = out.convert("RGB" if spec.channels == 3 else "L")
-        if out.size != (spec.width, spec.height):
-            out = out.resize((spec.width, spec.height), RESAMPLE[spec.resize])
-        array = np.asarray(out, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    array = np.asarray(resolve_preprocess(spec.preprocess)[1](array), dtype=np.float32)
-    if spec.channels_first:
-        array = np.transpose(array, (2, 0, 1))
-    return np.ascontiguousarray(array)
-
-
 def _decode_images(items: list[Any], spec: ImageSpec) -> np.ndarray:
     """Paths (decoded by :class:`~layertap.io.data.Decoder`) and PIL images -> one batch.
 
@@ -114,7 +89,7 @@ def _decode_images(items: list[Any], spec: ImageSpec) -> np.ndarray:
     for i, x in enumerate(items):
         if isinstance(x, Image.Image):
             try:
-                rows[i] = _pil_image(x, spec)
+                rows[i] = decode_image(x, spec)
             except _DECODE_ERRORS as exc:
                 bad.append(f"the PIL image at [{i}]: {_reason(exc)}")
     if bad:

@@ -59,6 +59,7 @@ __all__ = [
     "expand_text_inputs",
     "is_text_preprocessor",
     "expand_inputs",
+    "decode_image",
     "load_image",
     "make_source",
     "resolve_preprocess",
@@ -374,16 +375,29 @@ def load_image(path: str | os.PathLike[str], spec: ImageSpec) -> np.ndarray:
         >>> x.shape, x.dtype.name, float(x[..., 0].max())
         ((8, 16, 3), 'float32', 1.0)
     """
+    with Image.open(path) as img:
+        return decode_image(img, spec)
+
+
+def decode_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """An open PIL image -> the float32 array ``spec`` describes (``img`` is not changed).
+
+    The steps of :func:`load_image` after opening the file: EXIF turn, RGB or ``L``,
+    resize, float32, preprocess, layout.
+
+    Example:
+        >>> decode_image(Image.new("L", (5, 4), 255), ImageSpec(2, 2, 1)).tolist()
+        [[[1.0], [1.0]], [[1.0], [1.0]]]
+    """
     with warnings.catch_warnings():
         # Pillow warns about harmless file quirks (palette transparency, odd EXIF);
         # a file it cannot decode raises instead, and that is reported.
         warnings.simplefilter("ignore")
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img = img.convert("RGB" if spec.channels == 3 else "L")
-            if img.size != (spec.width, spec.height):
-                img = img.resize((spec.width, spec.height), RESAMPLE[spec.resize])
-            array = np.asarray(img, dtype=np.float32)
+        out = ImageOps.exif_transpose(img)
+        out = out.convert("RGB" if spec.channels == 3 else "L")
+        if out.size != (spec.width, spec.height):
+            out = out.resize((spec.width, spec.height), RESAMPLE[spec.resize])
+        array = np.asarray(out, dtype=np.float32)
     if array.ndim == 2:
         array = array[:, :, None]
     array = np.asarray(resolve_preprocess(spec.preprocess)[1](array), dtype=np.float32)
