@@ -105,3 +105,27 @@ def test_keep_stores_the_mask_next_to_the_tap(
             assert_close(f["h"][row][:n], want[:n])
     feats = layertap.extract(str(directory), texts, {"h": LAYER})
     assert sorted(feats) == ["h", "h.mask", "paths"]
+
+
+# keras-hub 0.32's SentencePieceTokenizer reads its proto with open(...).read() and never
+# closes the file: a ResourceWarning, an error under this suite's filters.
+@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
+def test_a_decoder_preset_last_real_token(tmp_path: Path) -> None:
+    from tests.hub_presets import gemma_preset
+
+    backbone, _ = gemma_preset(tmp_path / "gemma")
+    texts = ["the cat sat", "a dog ran on the mat"]
+    layers = {"last": "decoder_block_0", "mean": "decoder_block_0"}
+    feats = layertap.extract(
+        str(tmp_path / "gemma"), texts, layers, pool={"last": "last", "mean": "avg"}
+    )
+    preset = layertap.load_preset(str(tmp_path / "gemma"))
+    from layertap.graph.preset import text_inputs
+
+    model = keras.Model(backbone.input, backbone.get_layer("decoder_block_0").output)
+    for row, text in enumerate(texts):
+        alone = text_inputs(preset, [text])
+        n = int(alone["padding_mask"].sum())
+        out = keras.ops.convert_to_numpy(model(alone))[0]
+        assert_close(feats["last"][row], out[n - 1])
+        assert_close(feats["mean"][row], out[:n].mean(axis=0))

@@ -551,6 +551,6 @@ def open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None]:
         preprocessor = run.input.preprocess
     if preprocessor is None:
         return model, None
-    return model, functools.partial(
-        text_inputs, preprocessor, sequence_length=run.input.sequence_length
-    )
+    # Through a Preset, the encoder gives exactly the backbone's inputs in its dtypes.
+    text = Preset(model, preprocessor, "text", run.input.sequence_length, run.model.label)
+    return model, functools.partial(text_inputs, text, sequence_length=run.input.sequence_length)
