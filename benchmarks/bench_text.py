@@ -73,15 +73,21 @@ def write_lines(path: Path, words: list[str], n: int, seed: int = 0) -> None:
             f.write(" ".join(words[i] for i in rng.integers(0, len(words), k)) + " .\n")
 
 
-def write_preset(directory: Path, vocab: list[str], num_layers: int, sequence_length: int) -> None:
+def write_preset(
+    directory: Path,
+    vocab: list[str],
+    num_layers: int,
+    sequence_length: int,
+    size: tuple[int, int] = (HIDDEN, HEADS),
+) -> None:
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(vocab),
         num_layers=num_layers,
-        num_heads=HEADS,
-        hidden_dim=HIDDEN,
-        intermediate_dim=4 * HIDDEN,
+        num_heads=size[1],
+        hidden_dim=size[0],
+        intermediate_dim=4 * size[0],
         max_sequence_length=128,
     )
     backbone.save_to_preset(str(directory))
@@ -99,6 +105,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (default 64)")
+    parser.add_argument("--heads", type=int, default=HEADS, help="attention heads (default 2)")
     parser.add_argument("--layer", default=None, help="default: the last transformer layer")
     parser.add_argument("--sequence-length", type=int, default=64)
     args = parser.parse_args()
@@ -116,7 +124,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="layertap-bench-text-"))
     preset_dir = tmp / "bert_preset"
     vocab = vocabulary()
-    write_preset(preset_dir, vocab, args.num_layers, args.sequence_length)
+    write_preset(
+        preset_dir, vocab, args.num_layers, args.sequence_length, (args.hidden, args.heads)
+    )
     words = vocab[len(SPECIAL) + 2 :]
     lines = tmp / "lines.txt"
     write_lines(lines, words, args.lines)
@@ -200,7 +210,7 @@ def main() -> None:
         f"after={os.getloadavg()[0]:.2f}"
     )
     print(
-        f"BertBackbone {args.num_layers} layers, {HEADS} heads, hidden {HIDDEN}, "
+        f"BertBackbone {args.num_layers} layers, {args.heads} heads, hidden {args.hidden}, "
         f"vocabulary {len(vocab)}; tap {layer} pool avg; {n} lines ({n_tokens} tokens, "
         f"{n_tokens / n:.1f} per line) padded to {args.sequence_length}; batch {batch}; "
         f"median of {args.repeats} interleaved repeats after a warm-up ({warmup:.1f} s)"
