@@ -129,3 +129,14 @@ def test_a_decoder_preset_last_real_token(tmp_path: Path) -> None:
         out = keras.ops.convert_to_numpy(model(alone))[0]
         assert_close(feats["last"][row], out[n - 1])
         assert_close(feats["mean"][row], out[:n].mean(axis=0))
+
+
+def test_array_of_strings_and_a_too_long_sequence(preset: tuple[Path, Any, Any]) -> None:
+    directory, _, _ = preset
+    texts = np.array(["the cat sat", "a dog"])
+    feats = layertap.extract(str(directory), texts, {"e": LAYER}, pool="avg")
+    assert feats["paths"].tolist() == ["text[0]", "text[1]"] and feats["e"].shape[0] == 2
+    with pytest.raises(
+        layertap.BadInputError, match="longer than the backbone's max_sequence_length 32"
+    ):
+        layertap.extract(str(directory), ["a dog"], {"e": LAYER}, sequence_length=40)

@@ -445,4 +445,19 @@ def text_inputs(
             f"{type(out).__name__}, not a dict of inputs"
         )
     arrays = {str(k): _to_numpy(v) for k, v in out.items()}
-    return _fit_to_model(model, arrays) if model is not None else arrays
+    if model is None:
+        return arrays
+    _check_length(model, arrays)
+    return _fit_to_model(model, arrays)
+
+
+def _check_length(model: keras.Model, arrays: Mapping[str, np.ndarray]) -> None:
+    """A packed length the backbone's position embedding cannot take is named here."""
+    limit = getattr(model, "max_sequence_length", None)
+    ids = arrays.get("token_ids")
+    if isinstance(limit, int) and ids is not None and ids.ndim == 2 and ids.shape[1] > limit:
+        raise BadInputError(
+            f"sequence length {ids.shape[1]} is longer than the backbone's "
+            f"max_sequence_length {limit}; ask for at most {limit} tokens "
+            "(sequence_length=, --sequence-length)"
+        )

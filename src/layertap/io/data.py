@@ -1273,6 +1273,8 @@ def make_source(
         >>> make_source(np.zeros((4, 3)), m).kind
         'array'
     """
+    if encode is not None and isinstance(inputs, np.ndarray) and inputs.dtype.kind in "UO":
+        inputs = [str(t) for t in inputs.ravel()]  # an array of strings: the texts
     if encode is not None and not isinstance(inputs, np.ndarray | Mapping):
         return _text_source(inputs, encode, options, batch_size)
     named = _as_named_arrays(inputs, expected)
