@@ -30,7 +30,6 @@ from layertap._errors import BadInputError, BadSpecError, OutputError
 from layertap.io.data import Encode, InputOptions, Source, is_text_preprocessor, make_source
 from layertap.io.reduce import (
     MASK_INPUT,
-    REDUCERS,
     check_reducer,
     masked_keys,
     reduce_taps,
@@ -288,12 +287,9 @@ class Run:
 
 
 def _check_pool(pool: str | Mapping[str, str] | None) -> None:
-    names = [pool] if isinstance(pool, str) else list((pool or {}).values())
-    bad = [n for n in names if n not in REDUCERS]
-    if bad:
-        raise BadSpecError(
-            f"unknown reducer {bad[0]!r}; valid: {', '.join(repr(r) for r in REDUCERS)}"
-        )
+    """Reducer names checked before the model loads (the taps' keys are not known yet)."""
+    keys = [] if pool is None or isinstance(pool, str) else list(pool)  # "*" checks the default
+    resolve_pool(pool, keys)
 
 
 def _check_ray_run(run: Run) -> None:
