@@ -1,9 +1,12 @@
 """Text lines to pooled features on disk: layertap extract vs predict on tokenized inputs.
 
-Writes a small BERT-style keras-hub preset into a temp dir (nothing is downloaded):
-``BertBackbone`` with random weights (``--num-layers`` 2, 2 heads, hidden 64,
-intermediate 256, ``max_sequence_length=128``), a vocabulary of a few hundred words
-built in code (the five special tokens first), ``BertTokenizer`` and
+Writes a BERT-style keras-hub preset into a temp dir (nothing is downloaded):
+``BertBackbone`` with random weights in the shape of ``--config`` (``small``, the
+default: keras-hub's ``bert_small_en_uncased``, 4 layers, 8 heads, hidden 512,
+intermediate 2048, vocabulary 30522, ``max_sequence_length=512``; ``tiny``:
+``bert_tiny_en_uncased``, 2 layers, 2 heads, hidden 128, intermediate 512; ``toy``: 2
+layers, 2 heads, hidden 64, intermediate 256), a tokenizer vocabulary of a few hundred
+words built in code (the five special tokens first), ``BertTokenizer`` and
 ``BertTextClassifierPreprocessor(sequence_length=--sequence-length)``, all saved with
 ``save_to_preset``. ``lines.txt`` holds ``--lines`` random sentences of 5-40 words
 (seeded).
@@ -26,7 +29,7 @@ Each variant runs once as a warm-up, then ``--repeats`` interleaved rounds; medi
 Usage::
 
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_text.py
-    KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_text.py --repeats 5
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_text.py --config tiny --repeats 5
 """
 
 from __future__ import annotations
@@ -45,8 +48,13 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-HIDDEN = 64
-HEADS = 2
+
+#: BertBackbone shapes: (layers, heads, hidden, intermediate, vocabulary size).
+CONFIGS = {
+    "small": (4, 8, 512, 2048, 30522),  # keras-hub's bert_small_en_uncased
+    "tiny": (2, 2, 128, 512, 30522),  # keras-hub's bert_tiny_en_uncased
+    "toy": (2, 2, 64, 256, None),  # None: the tokenizer's vocabulary
+}
 
 
 def vocabulary(n_words: int = 400) -> list[str]:
@@ -73,22 +81,17 @@ def write_lines(path: Path, words: list[str], n: int, seed: int = 0) -> None:
             f.write(" ".join(words[i] for i in rng.integers(0, len(words), k)) + " .\n")
 
 
-def write_preset(
-    directory: Path,
-    vocab: list[str],
-    num_layers: int,
-    sequence_length: int,
-    size: tuple[int, int] = (HIDDEN, HEADS),
-) -> None:
+def write_preset(directory: Path, vocab: list[str], config: str, sequence_length: int) -> None:
     import keras_hub
 
+    layers, heads, hidden, intermediate, vocabulary_size = CONFIGS[config]
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(vocab),
-        num_layers=num_layers,
-        num_heads=size[1],
-        hidden_dim=size[0],
-        intermediate_dim=4 * size[0],
-        max_sequence_length=128,
+        vocabulary_size=vocabulary_size or len(vocab),
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=hidden,
+        intermediate_dim=intermediate,
+        max_sequence_length=512,
     )
     backbone.save_to_preset(str(directory))
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab)
@@ -104,13 +107,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (default 64)")
-    parser.add_argument("--heads", type=int, default=HEADS, help="attention heads (default 2)")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
     parser.add_argument("--layer", default=None, help="default: the last transformer layer")
     parser.add_argument("--sequence-length", type=int, default=64)
     args = parser.parse_args()
-    layer = args.layer or f"transformer_layer_{args.num_layers - 1}"
+    num_layers, num_heads, hidden, _, vocabulary_size = CONFIGS[args.config]
+    layer = args.layer or f"transformer_layer_{num_layers - 1}"
     batch = args.batch_size
 
     import h5py
@@ -124,9 +126,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="layertap-bench-text-"))
     preset_dir = tmp / "bert_preset"
     vocab = vocabulary()
-    write_preset(
-        preset_dir, vocab, args.num_layers, args.sequence_length, (args.hidden, args.heads)
-    )
+    write_preset(preset_dir, vocab, args.config, args.sequence_length)
     words = vocab[len(SPECIAL) + 2 :]
     lines = tmp / "lines.txt"
     write_lines(lines, words, args.lines)
@@ -210,8 +210,9 @@ def main() -> None:
         f"after={os.getloadavg()[0]:.2f}"
     )
     print(
-        f"BertBackbone {args.num_layers} layers, {args.heads} heads, hidden {args.hidden}, "
-        f"vocabulary {len(vocab)}; tap {layer} pool avg; {n} lines ({n_tokens} tokens, "
+        f"BertBackbone ({args.config}) {num_layers} layers, {num_heads} heads, hidden {hidden}, "
+        f"vocabulary {vocabulary_size or len(vocab)} (tokenizer {len(vocab)}); tap {layer} "
+        f"pool avg; {n} lines ({n_tokens} tokens, "
         f"{n_tokens / n:.1f} per line) padded to {args.sequence_length}; batch {batch}; "
         f"median of {args.repeats} interleaved repeats after a warm-up ({warmup:.1f} s)"
     )

@@ -110,3 +110,53 @@ def backbone_only_preset(directory: Path) -> Any:
     )
     backbone.save_to_preset(str(directory))
     return backbone
+
+
+#: ImageNet's mean and std as a converter's per-channel scale and offset, for [0, 255] pixels.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SCALE = [1 / (255 * s) for s in STD]
+OFFSET = [-m / s for m, s in zip(MEAN, STD, strict=True)]
+
+
+def vit_preset(directory: Path) -> tuple[Any, Any]:
+    """ViTBackbone (16x16 images) + ViTImageConverter (crop to aspect, ImageNet scaling).
+
+    Returns ``(backbone, converter)``.
+    """
+    import keras_hub
+
+    from tests.hub_backbones import vit
+
+    backbone, _ = vit()
+    backbone.save_to_preset(str(directory))
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(16, 16), scale=SCALE, offset=OFFSET, interpolation="bilinear"
+    )
+    preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
+    preprocessor.save_to_preset(str(directory))
+    return backbone, converter
+
+
+def resnet_preset(directory: Path) -> tuple[Any, Any]:
+    """ResNetBackbone taking any image size + ResNetImageConverter resizing to 20x20.
+
+    Returns ``(backbone, converter)``.
+    """
+    import keras_hub
+
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        image_shape=(None, None, 3),
+    )
+    backbone.save_to_preset(str(directory))
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(20, 20), scale=1 / 127.5, offset=-1.0, crop_to_aspect_ratio=False
+    )
+    preprocessor = keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter)
+    preprocessor.save_to_preset(str(directory))
+    return backbone, converter

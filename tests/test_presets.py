@@ -162,9 +162,6 @@ def test_loaded_preset_backbone_can_be_tapped(bert: tuple[Path, Any, Any]) -> No
 # --- Gemma: a SentencePiece tokenizer and a causal LM preprocessor --------------------------
 
 
-# keras-hub 0.32's SentencePieceTokenizer reads its proto with open(path).read() and
-# never closes the file: a ResourceWarning, an error under this suite's filters.
-@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
 def test_gemma_preset_uses_the_inference_path_of_its_causal_lm_preprocessor(
     gemma: tuple[Path, Any, Any],
 ) -> None:
@@ -257,3 +254,75 @@ def test_text_inputs_wants_a_list_of_strings(bert: tuple[Path, Any, Any]) -> Non
         text_inputs(preset, "the cat sat")
     with pytest.raises(layertap.BadInputError, match="positive int"):
         text_inputs(preset, TEXTS, sequence_length=0)
+
+
+# --- the traced tokenizer path ------------------------------------------------------------
+
+#: Lines keras-hub's two tokenizer paths could split differently: case, accents, CJK,
+#: punctuation runs, unknown words, extra spaces, a line longer than the padded length.
+TRICKY = [
+    "The CAT sat, on the mat!!",
+    "Héllo wörld 東京 über  café",
+    "  a dog   ran\tover the log  ",
+    "unknownword xyzzy ... ?!",
+    " ".join(["the big red dog"] * 12),
+]
+
+
+def graphs(preprocessor: Any) -> dict[Any, Any]:
+    from layertap.graph import preset as preset_module
+
+    return preset_module._packer(preprocessor)._graphs
+
+
+@pytest.mark.parametrize("which", ["bert", "gemma"])
+def test_the_traced_path_gives_the_python_paths_tokens(
+    which: str,
+    bert: tuple[Path, Any, Any],
+    gemma: tuple[Path, Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("tensorflow_text", reason="keras-hub's TF path needs tensorflow-text")
+    from layertap.graph import preset as preset_module
+
+    preset = load_preset({"bert": bert, "gemma": gemma}[which][0])
+    pre = preset.preprocessor
+    first = text_inputs(pre, TRICKY[:2])  # Python: under TRACE_AFTER_SECONDS
+    assert graphs(pre) == {}
+    monkeypatch.setattr(preset_module, "TRACE_AFTER_SECONDS", 0.0)
+    np.testing.assert_array_equal(first["token_ids"], text_inputs(pre, TRICKY[:2])["token_ids"])
+    assert list(graphs(pre).values()) != [None]  # TF and tensorflow-text are in the venv
+    for lines in (TRICKY, TRICKY[:2], TRICKY[3:]):
+        got = text_inputs(pre, lines)  # traced
+        want = pre.generate_preprocess(lines) if which == "gemma" else pre(lines)
+        assert sorted(got) == sorted(want)
+        for key, value in want.items():
+            np.testing.assert_array_equal(got[key], to_numpy(value))
+            assert got[key].dtype == to_numpy(value).dtype
+    again = text_inputs(preset, TRICKY, sequence_length=24)  # a second length, traced apart
+    assert again["token_ids"].shape == (len(TRICKY), 24)
+    assert len(graphs(pre)) == 2
+
+
+def test_a_traced_path_that_differs_is_not_used(
+    bert: tuple[Path, Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tensorflow as tf
+
+    from layertap.graph import preset as preset_module
+
+    pack = preset_module._pack
+
+    def off_by_one(preprocessor: Any, texts: Any, length: int | None) -> Any:
+        out = pack(preprocessor, texts, length)
+        if tf.inside_function():  # only the traced path is wrong
+            out = {**out, "token_ids": out["token_ids"] + 1}
+        return out
+
+    monkeypatch.setattr(preset_module, "_pack", off_by_one)
+    monkeypatch.setattr(preset_module, "TRACE_AFTER_SECONDS", 0.0)
+    preset = load_preset(bert[0])
+    for _ in range(2):
+        x = text_inputs(preset, TEXTS)
+        check_rows(x, bert[2], 16, start=2, end=3)
+    assert list(graphs(preset.preprocessor).values()) == [None]

@@ -268,3 +268,30 @@ def test_text_and_input_arrays_equal_the_local_engine(ray_cluster: None, tmp_pat
     assert sorted(have) == sorted(local["paths"].tolist())
     for path, value in _by_path(local["paths"].tolist(), local["join"]).items():
         np.testing.assert_allclose(have[path], value, rtol=1e-5, atol=1e-5)
+
+
+def test_an_image_preset_uses_its_converter_on_both_engines(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    """The actors rebuild the preset's image converter (it pickles as its config) and
+    give the local engine's rows, which are the converter's (tests/test_image_presets.py)."""
+    pytest.importorskip("keras_hub")
+    from PIL import Image
+
+    from tests.hub_presets import vit_preset
+
+    preset = tmp_path / "vit"
+    vit_preset(preset)
+    rng = np.random.default_rng(3)
+    for i, (w, h) in enumerate([(30, 18), (16, 40), (16, 16)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    images = sorted(tmp_path.glob("*.png"))
+    local = layertap.extract(str(preset), images, ["vit_encoder"], pool="avg")
+    got = _ray.extract_parquet(preset, images, ["vit_encoder"], tmp_path / "out", pool="avg")
+    assert [p for p, _ in got.failed] == [p for p, _ in local.failed] == [str(tmp_path / "bad.png")]
+    table = pq.read_table(tmp_path / "out").to_pydict()
+    have = _by_path(table["path"], np.array(table["vit_encoder"]))
+    assert sorted(have) == sorted(local["paths"].tolist())
+    for path, value in _by_path(local["paths"].tolist(), local["vit_encoder"]).items():
+        np.testing.assert_allclose(have[path], value, rtol=1e-5, atol=1e-5)

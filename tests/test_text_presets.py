@@ -107,9 +107,6 @@ def test_keep_stores_the_mask_next_to_the_tap(
     assert sorted(feats) == ["h", "h.mask", "paths"]
 
 
-# keras-hub 0.32's SentencePieceTokenizer reads its proto with open(...).read() and never
-# closes the file: a ResourceWarning, an error under this suite's filters.
-@pytest.mark.filterwarnings("ignore:unclosed file:ResourceWarning")
 def test_a_decoder_preset_last_real_token(tmp_path: Path) -> None:
     from tests.hub_presets import gemma_preset
 

@@ -222,11 +222,10 @@ class FeatureMapper:
         _use_backend(backend)
         from layertap.graph.extractor import Extractor
 
-        self.model, self.encode = open_model(run, _local_model(run.model.model))
+        self.model, self.encode, self.input = open_model(run, _local_model(run.model.model))
         self.extractor = Extractor(self.model, run.layers)
         self.reducers = resolve_pool(run.pool, list(self.extractor.outputs))
         self.inputs = model_input_rows(self.model)
-        self.input = run.input
         self.spec = spec
         self._decoder: Decoder | None = None
         self.schema = schema or tap_schema(self.extractor, self.reducers, "parquet", None)

@@ -476,7 +476,8 @@ def plan(
     from layertap.graph.extractor import Extractor
 
     path = model_path or (Path(run.model.model) if run.model.is_path else None)
-    model, encode = open_model(run, path)
+    model, encode, options = open_model(run, path)
+    run = dataclasses.replace(run, input=options)
     layers = run.layers.specs(model) if isinstance(run.layers, LayerOptions) else run.layers
     extractor = Extractor(model, layers)
     keys = list(extractor.outputs)
@@ -531,8 +532,9 @@ def _open_text(run: Run, encode: Encode) -> Source:
     return make_source(run.inputs, None, run.input, batch_size=run.batch_size, encode=encode)
 
 
-def open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None]:
-    """The model, and the text encoder its keras-hub preset (or ``preprocess=``) brings."""
+def open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None, InputOptions]:
+    """The model; the text encoder its keras-hub preset (or ``preprocess=``) brings; and
+    the run's input options, holding the preset's image converter when it has one."""
     from layertap.graph.preset import Preset, is_preset, load_preset, text_inputs
 
     source = run.model.model
@@ -542,11 +544,16 @@ def open_model(run: Run, path: Path | None) -> tuple[Any, Encode | None]:
     elif run.model.is_path and is_preset(os.fspath(source)):
         preset = load_preset(os.fspath(path or source), sequence_length=run.input.sequence_length)
     model = preset.model if preset is not None else run.model.load(path)
+    options = run.input
+    if preset is not None and preset.kind == "image":
+        converter = preset.image_preprocess(options.size)
+        options = dataclasses.replace(options, preset_images=converter)
     preprocessor = preset.preprocessor if preset is not None and preset.kind == "text" else None
-    if is_text_preprocessor(run.input.preprocess):
-        preprocessor = run.input.preprocess
+    if is_text_preprocessor(options.preprocess):
+        preprocessor = options.preprocess
     if preprocessor is None:
-        return model, None
+        return model, None, options
     # Through a Preset, the encoder gives exactly the backbone's inputs in its dtypes.
-    text = Preset(model, preprocessor, "text", run.input.sequence_length, run.model.label)
-    return model, functools.partial(text_inputs, text, sequence_length=run.input.sequence_length)
+    text = Preset(model, preprocessor, "text", options.sequence_length, run.model.label)
+    encode = functools.partial(text_inputs, text, sequence_length=options.sequence_length)
+    return model, encode, options

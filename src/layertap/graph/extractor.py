@@ -178,7 +178,8 @@ class Extractor:
       (``str`` or ``PathLike``) and PIL images, in any mix, decoded as
       :func:`layertap.extract` decodes image files: turned upright by EXIF, converted to
       RGB or grayscale, resized to the model's size (``size=`` for a model that takes
-      any size) and preprocessed (``preprocess=``, default ``"rescale"``). A single
+      any size) and preprocessed (``preprocess=``, default ``"rescale"``; for a preset
+      with an image converter, the converter, which also does the resizing). A single
       path or PIL image is a batch of one.
 
     A call runs exactly the inputs it is given, so an image that cannot be decoded
@@ -190,7 +191,7 @@ class Extractor:
     Args:
         model: a Functional or Sequential ``keras.Model``, nested sub-models walked at
             any depth; or a :class:`~layertap.Preset` (from :func:`~layertap.load_preset`):
-            its backbone is tapped and its text preprocessor used.
+            its backbone is tapped and its text preprocessor or image converter used.
         layers: a spec, a list of specs (results keyed by canonical path) or a dict
             alias -> spec (results keyed by alias). See the README for the grammar.
         input_shape: for a model with its own ``call()`` that has not been built: the
@@ -263,7 +264,10 @@ class Extractor:
         self._text = _text_preset(model, preset, preprocess)
         self.preprocessor: Any = self._text.preprocessor if self._text is not None else None
         image_preprocess = None if self._text is not None else preprocess
-        options = InputOptions(preprocess=image_preprocess, size=size, resize=resize)
+        converter = preset.image_preprocess(size) if preset is not None else None
+        options = InputOptions(
+            preprocess=image_preprocess, size=size, resize=resize, preset_images=converter
+        )
         self.places: dict[str, LayerInfo]
         self.model: keras.Model
         self.places, self.model = _places_and_model(model, layers, input_shape)

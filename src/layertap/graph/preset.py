@@ -41,6 +41,9 @@ import json
 import logging
 import os
 import re
+import time
+import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +110,85 @@ class Preset:
     kind: str | None
     sequence_length: int | None
     source: str
+
+    def image_preprocess(
+        self, size: tuple[int, int] | None = None
+    ) -> ImageConverterPreprocess | None:
+        """The preset's image converter as per-image preprocessing, or ``None``.
+
+        Args:
+            size: ``(height, width)`` to resize to instead of the converter's own.
+
+        Example:
+            >>> p = load_preset("path/to/vit_preset")  # doctest: +SKIP
+            >>> p.image_preprocess().image_size  # doctest: +SKIP
+            (224, 224)
+        """
+        converter = getattr(self.preprocessor, "image_converter", None)
+        if self.kind != "image" or converter is None:
+            return None
+        return ImageConverterPreprocess(converter, size)
+
+
+class ImageConverterPreprocess:
+    """A keras-hub image converter as layertap's per-image preprocessing.
+
+    Called on one decoded image (float32 ``(H, W, C)`` pixels in [0, 255], at the
+    file's own size), it runs the converter as keras-hub does: resize to ``image_size``
+    (cropping to the aspect ratio first when the converter does, with its interpolation
+    and antialiasing), then ``x * scale + offset``. :class:`~layertap.io.data.ImageSpec`
+    sees ``resizes`` and leaves the resizing to it. It pickles as the converter's Keras
+    config, so Ray actors rebuild the same converter.
+
+    Example:
+        >>> import keras_hub
+        >>> conv = keras_hub.layers.ViTImageConverter(image_size=(8, 8), scale=1 / 255)
+        >>> fn = ImageConverterPreprocess(conv)
+        >>> x = fn(np.full((20, 10, 3), 255.0, "float32"))  # cropped to 10x10, resized
+        >>> x.shape, float(x.max()), fn.resizes
+        ((8, 8, 3), 1.0, True)
+    """
+
+    resizes = True
+
+    def __init__(self, converter: Any, image_size: tuple[int, int] | None = None) -> None:
+        if image_size is not None and tuple(image_size) != tuple(converter.image_size or ()):
+            config = {**converter.get_config(), "image_size": tuple(image_size)}
+            converter = type(converter).from_config(config)
+        self.converter = converter
+        self.image_size: tuple[int, int] | None = (
+            tuple(converter.image_size) if converter.image_size is not None else None
+        )
+        self.__module__ = type(converter).__module__.split(".")[0]  # "keras_hub"
+        self.__qualname__ = type(converter).__name__
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return _to_numpy(self.converter(image))
+
+    def describe(self) -> dict[str, Any]:
+        """The converter's settings, stored with the features.
+
+        Example:
+            >>> import keras_hub
+            >>> conv = keras_hub.layers.ViTImageConverter(image_size=(8, 8), scale=1 / 255)
+            >>> d = ImageConverterPreprocess(conv).describe()
+            >>> d["class"], d["image_size"], d["crop_to_aspect_ratio"]
+            ('ViTImageConverter', [8, 8], True)
+        """
+        config = self.converter.get_config()
+        keys = ("scale", "offset", "crop_to_aspect_ratio", "pad_to_aspect_ratio",
+                "interpolation", "antialias")  # fmt: skip
+        out = {"class": self.__qualname__, "image_size": list(self.image_size or ())}
+        out.update({k: json.loads(json.dumps(config.get(k))) for k in keys})
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_converter_from_config, (keras.saving.serialize_keras_object(self.converter),))
+
+
+def _converter_from_config(config: dict[str, Any]) -> ImageConverterPreprocess:
+    _hub()  # registers keras-hub's classes
+    return ImageConverterPreprocess(keras.saving.deserialize_keras_object(config))
 
 
 # --- recognising a preset ------------------------------------------------------------------
@@ -329,7 +411,12 @@ def load_preset(source: str | os.PathLike[str], *, sequence_length: int | None =
     hub = _hub()
     shown = os.fspath(source)
     model = load_backbone(shown)
-    preprocessor = _find_preprocessor(hub, shown, type(model))
+    with warnings.catch_warnings():
+        # keras-hub 0.32's SentencePieceTokenizer reads its proto file with
+        # open(path).read() and never closes it (CPython closes it at once): not the
+        # user's to act on, so its ResourceWarning stays here.
+        warnings.filterwarnings("ignore", "unclosed file", ResourceWarning)
+        preprocessor = _find_preprocessor(hub, shown, type(model))
     key = _length_key(preprocessor) if preprocessor is not None else None
     if sequence_length is not None:
         if key is None:
@@ -373,6 +460,106 @@ def _pack(preprocessor: Any, texts: list[str], sequence_length: int | None) -> A
 
 def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+#: Seconds of Python-path tokenizing (per preprocessor and padded length) after which
+#: the TensorFlow path is traced. Tracing costs ~0.6 s, what the Python path spends on
+#: ~2,000 short lines on the TensorFlow backend (``bench_text.py``): a notebook's few
+#: sentences never pay it; a long job pays it once, after ~600 lines.
+TRACE_AFTER_SECONDS = 0.2
+
+
+class _GraphPacker:
+    """keras-hub's TensorFlow path for one preprocessor, used where it equals the Python path.
+
+    keras-hub 0.32 preprocessing layers run in plain Python outside ``tf.function``. On
+    the TensorFlow backend, Keras's ``Layer.__call__`` then checks every token id of the
+    packer's nested-list input with ``tf.is_tensor`` (a ``typing.Protocol`` check, ~10 us
+    each on Python 3.11), which makes tokenizing slower than the forward pass of a small
+    backbone. Inside a ``tf.function`` keras-hub takes its TensorFlow path instead
+    (tensorflow-text's compiled tokenizers): about 20x faster on ``bench_text.py``'s
+    lines. Tracing it costs ~0.6 s, so it is traced only once the Python path has spent
+    :data:`TRACE_AFTER_SECONDS` on one padded length (in
+    :class:`~layertap.io.data.TextSource`, in its tokenize-ahead thread, next to the
+    forward pass). The batch that crosses the line runs both ways, and the graph is used
+    only when its arrays are equal, so the tokens never depend on which path ran.
+    Without TensorFlow or tensorflow-text, or when the paths differ, the Python path is
+    used.
+    """
+
+    def __init__(self, preprocessor: Any) -> None:
+        self._ref = weakref.ref(preprocessor)  # the cache below must not keep it alive
+        self._graphs: dict[tuple[int | None, int | None], Any] = {}  # None: unusable
+        self._spent: dict[tuple[int | None, int | None], float] = {}
+
+    def __call__(self, texts: list[str], sequence_length: int | None) -> Any:
+        preprocessor = self._ref()
+        key = _length_key(preprocessor)
+        current = getattr(preprocessor, key) if key is not None else None
+        length = (sequence_length, current)  # a traced graph has its length built in
+        graph = self._graphs.get(length)
+        if graph is not None:
+            return graph(texts)
+        start = time.perf_counter()
+        reference = _pack(preprocessor, texts, sequence_length)
+        spent = self._spent[length] = self._spent.get(length, 0.0) + time.perf_counter() - start
+        if length not in self._graphs and spent >= TRACE_AFTER_SECONDS:
+            self._graphs[length] = self._trace(preprocessor, texts, sequence_length, reference)
+        return reference
+
+    def _trace(
+        self, preprocessor: Any, texts: list[str], sequence_length: int | None, reference: Any
+    ) -> Any:
+        """The traced path, or ``None`` when it cannot run or differs from ``reference``."""
+        try:
+            import tensorflow as tf
+
+            pack = tf.function(
+                lambda x: _pack(self._ref(), x, sequence_length),
+                input_signature=[tf.TensorSpec([None], tf.string)],
+                autograph=False,
+            )
+
+            def graph(batch: list[str]) -> Any:
+                return _cast_like(pack(tf.constant(batch, tf.string)), reference)
+
+            if _same_arrays(graph(texts), reference):
+                return graph
+            logger.debug("%s: the TF path's tokens differ; using Python", preprocessor.name)
+        except Exception as exc:  # no TF or tensorflow-text, or a path keras-hub lacks
+            logger.debug("%s: no TF path (%s); using Python", preprocessor.name, exc)
+        return None
+
+
+def _structure(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _cast_like(out: Any, reference: Any) -> Any:
+    """``out`` as numpy arrays with ``reference``'s dtypes (TF gives bool masks as bool)."""
+    out, reference = _structure(out), _structure(reference)
+    if not isinstance(out, Mapping) or not isinstance(reference, Mapping):
+        return out
+    return {k: _to_numpy(v).astype(_to_numpy(reference[k]).dtype) for k, v in out.items()}
+
+
+def _same_arrays(out: Any, reference: Any) -> bool:
+    out, reference = _structure(out), _structure(reference)
+    if not isinstance(out, Mapping) or not isinstance(reference, Mapping):
+        return False
+    if set(out) != set(reference):
+        return False
+    return all(np.array_equal(_to_numpy(out[k]), _to_numpy(reference[k])) for k in out)
+
+
+_packers: weakref.WeakKeyDictionary[Any, _GraphPacker] = weakref.WeakKeyDictionary()
+
+
+def _packer(preprocessor: Any) -> _GraphPacker:
+    packer = _packers.get(preprocessor)
+    if packer is None:
+        packer = _packers[preprocessor] = _GraphPacker(preprocessor)
+    return packer
 
 
 def _fit_to_model(model: keras.Model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -436,7 +623,7 @@ def text_inputs(
         not isinstance(sequence_length, int) or sequence_length < 1
     ):
         raise BadInputError(f"sequence_length must be a positive int, got {sequence_length!r}")
-    out = _pack(preprocessor, list(texts), sequence_length)
+    out = _packer(preprocessor)(list(texts), sequence_length)
     if isinstance(out, tuple):  # (x, y, sample_weight) from a training call
         out = out[0]
     if not isinstance(out, Mapping):

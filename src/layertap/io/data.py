@@ -171,6 +171,10 @@ class ImageSpec:
         channels_first: the model takes ``(C, H, W)`` instead of ``(H, W, C)``.
         preprocess: a name from :data:`PRESETS`, ``"module:function"`` or a callable.
         resize: a name from :data:`RESAMPLE`.
+        preprocess_resizes: the preprocessing gets each image at its own size and
+            returns it at ``(height, width)``, and Pillow does not resize. Set by
+            :meth:`from_model` for a callable with a true ``resizes`` attribute, such as
+            a keras-hub image converter (which crops to the aspect ratio first).
 
     Example:
         >>> ImageSpec(32, 48, 3).describe()["size"]
@@ -183,6 +187,7 @@ class ImageSpec:
     channels_first: bool = False
     preprocess: str | Preprocess = "rescale"
     resize: str = "bilinear"
+    preprocess_resizes: bool = False
 
     def __post_init__(self) -> None:
         resolve_preprocess(self.preprocess)
@@ -219,7 +224,8 @@ class ImageSpec:
     ) -> ImageSpec:
         """Read size, channels and layout from a one-input image model's input shape.
 
-        ``size`` (height, width) is needed only when the model takes any size.
+        ``size`` (height, width) is needed only when the model takes any size and
+        ``preprocess`` does not resize to a size of its own (an ``image_size`` attribute).
 
         Example:
             >>> import keras
@@ -250,14 +256,19 @@ class ImageSpec:
                 f"model {model.name!r} takes inputs of shape {shape}: neither the last "
                 "nor the first axis after the batch has 1 or 3 channels"
             )
+        fn = resolve_preprocess(preprocess)[1]
+        resizes = bool(getattr(fn, "resizes", False))
+        own = getattr(fn, "image_size", None) if resizes else None
         if size is not None:
             height, width = size
+        elif own is not None and (height is None or width is None):
+            height, width = own
         if height is None or width is None:
             raise BadInputError(
                 f"model {model.name!r} takes images of any size {shape}, so layertap "
                 "cannot choose one size to batch them at; pass size=(H, W) (--size HxW)"
             )
-        return cls(int(height), int(width), int(channels), first, preprocess, resize)
+        return cls(int(height), int(width), int(channels), first, preprocess, resize, resizes)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the preprocessing, stored beside the features.
@@ -266,14 +277,18 @@ class ImageSpec:
             >>> ImageSpec(8, 8, 1, preprocess="none").describe()["color_mode"]
             'L'
         """
-        return {
+        described = {
             "preset": self.preset,
             "size": [self.height, self.width],
             "color_mode": "RGB" if self.channels == 3 else "L",
             "layout": "CHW" if self.channels_first else "HWC",
-            "resample": self.resize,
+            "resample": "by the preprocessing" if self.preprocess_resizes else self.resize,
             "exif_transpose": True,
         }
+        describe = getattr(resolve_preprocess(self.preprocess)[1], "describe", None)
+        if callable(describe):  # a keras-hub image converter: its settings
+            described["preprocessing"] = describe()
+        return described
 
 
 # --- files -----------------------------------------------------------------------------
@@ -395,12 +410,17 @@ def decode_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
         warnings.simplefilter("ignore")
         out = ImageOps.exif_transpose(img)
         out = out.convert("RGB" if spec.channels == 3 else "L")
-        if out.size != (spec.width, spec.height):
+        if out.size != (spec.width, spec.height) and not spec.preprocess_resizes:
             out = out.resize((spec.width, spec.height), RESAMPLE[spec.resize])
         array = np.asarray(out, dtype=np.float32)
     if array.ndim == 2:
         array = array[:, :, None]
     array = np.asarray(resolve_preprocess(spec.preprocess)[1](array), dtype=np.float32)
+    if array.shape != (spec.height, spec.width, spec.channels):
+        raise ValueError(
+            f"the preprocessing {spec.preset} gave an image of shape {array.shape}, not "
+            f"{(spec.height, spec.width, spec.channels)}"
+        )
     if spec.channels_first:
         array = np.transpose(array, (2, 0, 1))
     return np.ascontiguousarray(array)
@@ -1149,6 +1169,9 @@ class InputOptions:
             (``None``: ``"text"``).
         sequence_length: tokens per text for a model with a text preprocessor (``None``:
             the preprocessor's own).
+        preset_images: the preprocessing a keras-hub preset brings for image files (its
+            image converter), used when ``preprocess`` is ``None``; arrays are not
+            passed through it.
 
     Example:
         >>> InputOptions(preprocess="tf", size=(32, 32)).preprocess_for("files")
@@ -1166,6 +1189,7 @@ class InputOptions:
     workers: int | None = None
     text_column: str | None = None
     sequence_length: int | None = None
+    preset_images: Preprocess | None = None
 
     def __post_init__(self) -> None:
         if self.sequence_length is not None and self.sequence_length < 1:
@@ -1186,7 +1210,9 @@ class InputOptions:
         """The preprocessing for ``"files"`` (images) or anything else (arrays)."""
         if self.preprocess is not None:
             return self.preprocess
-        return "rescale" if kind == "files" else "none"
+        if kind == "files":
+            return self.preset_images or "rescale"
+        return "none"
 
     def image_spec(self, model: Any) -> ImageSpec:
         """What each image file becomes for ``model`` (:meth:`ImageSpec.from_model`)."""
