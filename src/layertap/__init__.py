@@ -35,7 +35,8 @@ from layertap._errors import (
 if TYPE_CHECKING:
     from layertap.engines.local import ExtractResult, Features, extract
     from layertap.graph.capture import tap
-    from layertap.graph.extractor import Extractor, TapInfo, feature_model
+    from layertap.graph.extractor import Extractor, TapInfo, feature_model, gradients
+    from layertap.graph.gradients import Gradients
     from layertap.graph.load import load_model
     from layertap.graph.preset import Preset, load_preset
     from layertap.graph.walk import LayerInfo, list_layers, summary
@@ -52,6 +53,8 @@ _LAZY = {
     "Extractor": "layertap.graph.extractor",
     "TapInfo": "layertap.graph.extractor",
     "feature_model": "layertap.graph.extractor",
+    "gradients": "layertap.graph.extractor",
+    "Gradients": "layertap.graph.gradients",
     "LayerInfo": "layertap.graph.walk",
     "list_layers": "layertap.graph.walk",
     "summary": "layertap.graph.walk",
@@ -70,6 +73,7 @@ __all__ = [
     "ExtractResult",
     "Extractor",
     "Features",
+    "Gradients",
     "LayerInfo",
     "LayerNotFoundError",
     "LayertapError",
@@ -83,6 +87,7 @@ __all__ = [
     "__version__",
     "extract",
     "feature_model",
+    "gradients",
     "list_layers",
     "load_model",
     "load_preset",

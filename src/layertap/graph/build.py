@@ -27,7 +27,7 @@ import keras
 from keras import tree
 
 from layertap.graph import keras_internals as ki
-from layertap.graph.capture import ROOT_OUTPUT, Capture, Event
+from layertap.graph.capture import ROOT_OUTPUT, Capture, Event, Probe
 from layertap.graph.keras_internals import Functional
 from layertap.graph.walk import (
     LayerInfo,
@@ -38,9 +38,13 @@ from layertap.graph.walk import (
     root_inputs,
 )
 
-__all__ = ["build_model", "needed_inputs"]
+__all__ = ["SCORE_KEY", "build_model", "needed_inputs"]
 
 _OUTPUT_KEY = "__layertap_output_{}"
+
+#: The output key of the model's score (its first output, before a final softmax) in a
+#: model built with ``score=True``.
+SCORE_KEY = "__layertap_score"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +110,14 @@ def _unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
-def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> dict[str, Any]:
-    """Replay the part of ``graph`` that ``requests`` need on ``inputs``; return key -> tensor."""
+def _replay(
+    graph: Functional, inputs: list[Any], requests: list[_Request], probes: bool = False
+) -> dict[str, Any]:
+    """Replay the part of ``graph`` that ``requests`` need on ``inputs``; return key -> tensor.
+
+    With ``probes``, each tapped tensor passes through a :class:`Probe` (or a probing
+    :class:`Capture`) before later layers use it, so a gradient pass differentiates there.
+    """
     direct: dict[int, list[_Request]] = {}
     nested: dict[int, list[_Request]] = {}
     captured: dict[int, list[_Request]] = {}
@@ -141,6 +151,10 @@ def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> d
     }
     tensors: dict[int, Any] = {id(x): y for x, y in zip(graph.inputs, inputs, strict=True)}
     results: dict[str, Any] = {}
+    for r in [r for i in direct for r in direct[i] if by_id[i].is_input] if probes else []:
+        x = r.nodes[0].outputs[r.output_index]  # a tapped input: probed before any use
+        probe = Probe(r.key, name=_unique_name(f"probe_{_scope_safe(r.key)}", taken))
+        tensors[id(x)] = probe(tensors[id(x)])
     for node in run:
         args, kwargs = node.arguments.fill_in(tensors)
         sub = inner_graph(node.operation)
@@ -150,6 +164,7 @@ def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> d
                 node.operation,
                 [(r.key, r.event) for r in wanted if r.event is not None],
                 specs={r.key: r.spec for r in wanted if r.spec is not None},
+                probes=probes,
                 name=_unique_name(node.operation.name, taken),
             )
             produced = wrapper(*args, **kwargs)
@@ -164,6 +179,7 @@ def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> d
                 nested[id(node)],
                 with_outputs=wants_outputs,
                 name=_unique_name(node.operation.name, taken),
+                probes=probes,
             )
             produced = submodel(*args, **kwargs)
             for r in nested[id(node)]:
@@ -175,6 +191,10 @@ def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> d
             outputs = node.operation(*args, **kwargs)
             for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
                 tensors[id(x)] = y
+        for r in direct.get(id(node), []) if probes else []:
+            x = node.outputs[r.output_index]
+            probe = Probe(r.key, name=_unique_name(f"probe_{_scope_safe(r.key)}", taken))
+            tensors[id(x)] = probe(tensors[id(x)])
     for r in requests:
         if len(r.nodes) == 1 and r.event is None:
             results[r.key] = tensors[id(r.nodes[0].outputs[r.output_index])]
@@ -182,7 +202,7 @@ def _replay(graph: Functional, inputs: list[Any], requests: list[_Request]) -> d
 
 
 def _rebuild(
-    graph: Functional, requests: list[_Request], *, with_outputs: bool, name: str
+    graph: Functional, requests: list[_Request], *, with_outputs: bool, name: str, probes: bool
 ) -> keras.Model:
     """A pruned Functional over ``graph`` returning the requested taps (and its outputs)."""
     requests = list(requests)
@@ -191,17 +211,26 @@ def _rebuild(
             index = ki.history_tensor_index(x)
             requests.append(_Request(_OUTPUT_KEY.format(j), (ki.producing_node(x),), index))
     inputs = _fresh_inputs(graph)
-    outputs = _replay(graph, inputs, requests)
+    outputs = _replay(graph, inputs, requests, probes)
     return keras.Model(tree.pack_sequence_as(ki.inputs_struct(graph), inputs), outputs, name=name)
 
 
 def build_model(
-    model: Any, taps: Mapping[str, LayerInfo], *, name: str, input_shape: Any = None
+    model: Any,
+    taps: Mapping[str, LayerInfo],
+    *,
+    name: str,
+    input_shape: Any = None,
+    probes: bool = False,
+    score: bool = False,
 ) -> keras.Model:
     """One Functional taking the inputs the taps need and returning ``{key: tap}`` in one pass.
 
     Inputs that no tap depends on are left out (a dict-input model keeps its keys). A
     model without a graph (its own ``call()``) runs whole, through :class:`Capture`.
+    For gradients (``graph/gradients.py``): ``probes`` passes every tap through
+    :func:`~layertap.graph.capture.probe`, and ``score`` adds the model's score
+    (:func:`score_place`) under :data:`SCORE_KEY`, with every input it needs.
 
     Example:
         >>> from layertap.graph.walk import walk
@@ -223,10 +252,16 @@ def build_model(
             )
             for key, place in taps.items()
         ]
+        head = None
+        if score:
+            request, head = _score_request(graph)
+            requests.append(request)
         specs = None if input_shape is None else graph_input_specs(graph, input_shape)
         inputs = _fresh_inputs(graph, specs)
-        outputs = _replay(graph, inputs, requests)
-        keep = needed_inputs(graph, taps)
+        outputs = _replay(graph, inputs, requests, probes)
+        keep = needed_inputs(graph, taps) if not score else list(range(len(inputs)))
+        if head is not None:
+            outputs[SCORE_KEY] = head(outputs[SCORE_KEY])
         struct = ki.inputs_struct(graph)
         if isinstance(struct, dict):
             names = input_names(graph)
@@ -235,13 +270,70 @@ def build_model(
             model_inputs = inputs[0]
         else:
             model_inputs = [inputs[i] for i in keep]
-        return keras.Model(model_inputs, {key: outputs[key] for key in taps}, name=name)
+        keys = [*taps, SCORE_KEY] if score else list(taps)
+        return keras.Model(model_inputs, {key: outputs[key] for key in keys}, name=name)
     specs = root_inputs(model, input_shape)
     inputs = tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), specs)
     captures = [(key, place.event) for key, place in taps.items() if place.event is not None]
     shapes = {key: (place.output_shape, place.dtype) for key, place in taps.items()}
-    produced = Capture(model, captures, specs=shapes, name=_scope_safe(model.name))(inputs)
-    return keras.Model(inputs, {key: produced[key] for key in taps}, name=name)
+    produced = Capture(model, captures, specs=shapes, probes=probes, name=_scope_safe(model.name))(
+        inputs
+    )
+    outputs = {key: produced[key] for key in taps}
+    if score:
+        outputs[SCORE_KEY] = tree.flatten(produced[ROOT_OUTPUT])[0]
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _is_softmax(layer: Any) -> bool:
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return isinstance(layer, keras.layers.Activation) and layer.activation is _SOFTMAX
+
+
+_SOFTMAX = keras.activations.softmax
+
+
+def _score_request(graph: Functional) -> tuple[_Request, keras.layers.Layer | None]:
+    """Where the model's score is: its first output, followed into nested sub-models, or
+    the input of a final softmax; and a layer to apply to that tensor (for a ``Dense``
+    with a softmax activation, the same ``Dense`` without it), or ``None``."""
+    nodes: list[Any] = []
+    x = tree.flatten(graph.outputs)[0]
+    while True:
+        node, index = ki.producing_node(x), ki.history_tensor_index(x)
+        sub = None if node.is_input else inner_graph(node.operation)
+        if sub is None:
+            break
+        nodes.append(node)
+        x = tree.flatten(sub.outputs)[index]
+    layer = node.operation
+    dense = isinstance(layer, keras.layers.Dense) and layer.activation is _SOFTMAX
+    if not node.is_input and (_is_softmax(layer) or dense):
+        before = node.input_tensors[0]
+        request = _Request(
+            SCORE_KEY,
+            (*nodes, ki.producing_node(before)),
+            ki.history_tensor_index(before),
+        )
+        return request, _DenseLogits(layer) if dense else None
+    return _Request(SCORE_KEY, (*nodes, node), index), None
+
+
+class _DenseLogits(keras.layers.Layer):  # type: ignore[misc]
+    """A ``Dense`` layer's output before its activation, with its own weights (shared)."""
+
+    def __init__(self, dense: keras.layers.Dense, **kwargs: Any) -> None:
+        super().__init__(name=f"{dense.name}_logits", **kwargs)
+        self.dense = dense
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        y = keras.ops.matmul(keras.ops.cast(x, self.dense.compute_dtype), self.dense.kernel)
+        return y + self.dense.bias if self.dense.use_bias else y
+
+    def compute_output_spec(self, x: Any) -> Any:
+        return keras.KerasTensor((*x.shape[:-1], self.dense.units), dtype=self.dense.compute_dtype)
 
 
 def _scope_safe(name: str) -> str:

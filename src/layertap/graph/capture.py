@@ -31,7 +31,19 @@ from keras import tree
 
 from layertap.graph import keras_internals as ki
 
-__all__ = ["Capture", "Event", "TraceFailure", "layer_paths", "output_spec", "tap", "trace"]
+__all__ = [
+    "Capture",
+    "Event",
+    "Probe",
+    "Probing",
+    "TraceFailure",
+    "layer_paths",
+    "output_spec",
+    "probe",
+    "probing",
+    "tap",
+    "trace",
+]
 
 _ROOT_OUTPUT = "__layertap_root_output"
 
@@ -66,9 +78,15 @@ class Event:
 class _Session:
     """What one root call records: wanted sublayer calls and taps, in call order."""
 
-    def __init__(self, paths: dict[int, str], wanted: set[str] | None) -> None:
+    def __init__(
+        self,
+        paths: dict[int, str],
+        wanted: set[str] | None,
+        probes: Mapping[str, str] | None = None,
+    ) -> None:
         self.paths = paths
         self.wanted = wanted  # None: record everything (tracing for list_layers)
+        self.probes = probes or {}  # event key -> tap key, for a gradient pass (probe())
         self.counts: dict[tuple[Any, ...], int] = {}
         self.stack: list[tuple[str, tuple[int, ...]]] = []  # (path, calls) being run
         self.order: list[list[Event]] = []
@@ -104,25 +122,31 @@ class _Session:
         self.order.append([])
         return calls, len(self.order) - 1
 
-    def end_call(self, path: str, calls: tuple[int, ...], slot: int, value: Any) -> None:
+    def end_call(self, path: str, calls: tuple[int, ...], slot: int, value: Any) -> Any:
+        """Record a sublayer's outputs; return them (probed, in a gradient pass)."""
         self.stack.pop()
-        self._record(self.order[slot], Event(path, "call", None, calls, None), value)
+        return self._record(self.order[slot], Event(path, "call", None, calls, None), value)
 
-    def record_tap(self, path: str, name: str, value: Any) -> None:
+    def record_tap(self, path: str, name: str, value: Any) -> Any:
         outer = dict(self.stack).get(path) if path else ()
         if outer is None:  # tapped from a layer whose call is not being tracked
             outer = (*self._calls_of(path), 0)
         calls = (*outer, self._next(("tap", path, name, outer)))
         self.order.append([])
-        self._record(self.order[-1], Event(path, "tap", name, calls, None), value)
+        return self._record(self.order[-1], Event(path, "tap", name, calls, None), value)
 
-    def _record(self, slot: list[Event], event: Event, value: Any) -> None:
+    def _record(self, slot: list[Event], event: Event, value: Any) -> Any:
         flat = tree.flatten(value)
+        changed = False
         for j, x in enumerate(flat):
             one = dataclasses.replace(event, output=j if len(flat) > 1 else None)
             if self.wanted is None or one.key in self.wanted:
+                if one.key in self.probes:
+                    flat[j] = probe(self.probes[one.key], x)
+                    changed = True
                 slot.append(one)
-                self.values[one.key] = x
+                self.values[one.key] = flat[j]
+        return tree.pack_sequence_as(value, flat) if changed else value
 
     def events(self) -> list[Event]:
         return [event for slot in self.order for event in slot]
@@ -131,6 +155,95 @@ class _Session:
 _SESSIONS: contextvars.ContextVar[tuple[_Session, ...]] = contextvars.ContextVar(
     "layertap_sessions", default=()
 )
+
+
+@dataclasses.dataclass
+class Probing:
+    """One gradient pass: what :func:`probe` adds at each tap, and what it saw there.
+
+    Attributes:
+        deltas: ``{tap key: tensor}`` added to the tap's value (zeros whose gradient
+            is the tap's gradient: how JAX differentiates at an inner tensor), or
+            ``None``.
+        seen: ``{tap key: tensor}``, the value each tap passed on downstream (what
+            TensorFlow's tape and torch's autograd differentiate at).
+    """
+
+    deltas: Mapping[str, Any] | None = None
+    seen: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_PROBING: contextvars.ContextVar[Probing | None] = contextvars.ContextVar(
+    "layertap_probing", default=None
+)
+
+
+@contextlib.contextmanager
+def probing(deltas: Mapping[str, Any] | None = None) -> Iterator[Probing]:
+    """Run a gradient model's forward pass with its probes live (see :func:`probe`).
+
+    Example:
+        >>> with probing() as p:
+        ...     y = probe("h", 3.0)
+        >>> y, p.seen
+        (3.0, {'h': 3.0})
+    """
+    state = Probing(deltas)
+    token = _PROBING.set(state)
+    try:
+        yield state
+    finally:
+        _PROBING.reset(token)
+
+
+def probe(key: str, value: Any) -> Any:
+    """``value`` at tap ``key``: passed on as it is, except in a gradient pass, where
+    its perturbation is added and the value passed on is recorded.
+
+    Example:
+        >>> probe("h", 2.0)  # no gradient pass: unchanged, nothing recorded
+        2.0
+        >>> with probing(deltas={"h": 0.5}) as p:
+        ...     y = probe("h", keras.ops.convert_to_tensor(2.0))
+        >>> float(keras.ops.convert_to_numpy(y)), sorted(p.seen)
+        (2.5, ['h'])
+    """
+    state = _PROBING.get()
+    if state is None:
+        return value
+    if state.deltas is not None and key in state.deltas:
+        value = keras.ops.add(value, keras.ops.cast(state.deltas[key], value.dtype))
+    state.seen[key] = value
+    return value
+
+
+@keras.saving.register_keras_serializable(package="layertap")
+class Probe(keras.layers.Layer):  # type: ignore[misc]
+    """An identity layer at a graph tap: :func:`probe` for the tap ``key``.
+
+    Example:
+        >>> import numpy as np
+        >>> with probing() as p:
+        ...     y = Probe("h")(np.ones((1, 2), "float32"))
+        >>> sorted(p.seen), keras.ops.convert_to_numpy(y).tolist()
+        (['h'], [[1.0, 1.0]])
+    """
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        super().__init__(autocast=False, **kwargs)
+        self.key = key
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        return probe(self.key, x)
+
+    def compute_output_spec(self, x: Any) -> Any:
+        return keras.KerasTensor(x.shape, dtype=x.dtype, sparse=bool(getattr(x, "sparse", False)))
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = super().get_config()
+        config["key"] = self.key
+        return config
 
 
 def tap(layer: Any, name: str, value: Any) -> Any:
@@ -153,7 +266,7 @@ def tap(layer: Any, name: str, value: Any) -> Any:
     for session in sessions:
         path = session.paths.get(id(layer))
         if path is not None:
-            session.record_tap(path, name, value)
+            value = session.record_tap(path, name, value)
     return value
 
 
@@ -205,8 +318,7 @@ def _intercept(root: Any, session: _Session, targets: set[str] | None) -> Iterat
         def call(*args: Any, __original: Any = original, __path: str = path, **kwargs: Any) -> Any:
             calls, slot = session.start_call(__path)
             outputs = __original(*args, **kwargs)
-            session.end_call(__path, calls, slot, outputs)
-            return outputs
+            return session.end_call(__path, calls, slot, outputs)
 
         ki.patch_call(layer, functools.wraps(original)(call))
         wrapped.append(layer)
@@ -409,6 +521,8 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         specs: ``{key: (shape, dtype)}`` of the captures, as the discovery trace found
             them. With them, a symbolic call never re-traces the root (which may not
             trace symbolically on this backend); without, it does.
+        probes: pass each capture through :func:`probe` under its key, so a gradient
+            pass differentiates at it (the root's code then sees the probed value).
 
     Example:
         >>> class Block(keras.layers.Layer):
@@ -431,11 +545,13 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
         layer: Any,
         captures: list[tuple[str, Event]],
         specs: Mapping[str, tuple[tuple[int | None, ...], str]] | None = None,
+        probes: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.layer = layer
         self._captures = tuple(captures)
+        self._probes = probes
         self._specs = None if specs is None else {k: (tuple(s), d) for k, (s, d) in specs.items()}
         # Keras passes ``training=`` to this wrapper exactly when it would to the root.
         self._passes_training = ki.call_has_training_arg(layer)
@@ -461,7 +577,8 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
     def call(self, *args: Any, training: Any = None, **kwargs: Any) -> dict[str, Any]:
         if training is not None and self._passes_training:
             kwargs["training"] = training
-        session = _Session(dict(self._paths), set(self._wanted))
+        probes = {event.key: key for key, event in self._captures} if self._probes else None
+        session = _Session(dict(self._paths), set(self._wanted), probes)
         with _intercept(self.layer, session, set(self._targets)):
             outputs = self.layer(*args, **kwargs)
         missing = [key for key, event in self._captures if event.key not in session.values]
@@ -483,6 +600,7 @@ class Capture(keras.layers.Layer):  # type: ignore[misc]
             if self._specs is None
             else {k: [list(shape), dtype] for k, (shape, dtype) in self._specs.items()}
         )
+        config["probes"] = self._probes
         return config
 
     @classmethod

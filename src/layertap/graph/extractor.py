@@ -22,6 +22,14 @@ from PIL import Image
 from layertap._errors import BadInputError
 from layertap.graph import keras_internals as ki
 from layertap.graph.build import build_model, needed_inputs
+from layertap.graph.gradients import (
+    GradientRunner,
+    Gradients,
+    Target,
+    check_rows,
+    join_gradients,
+    slice_target,
+)
 from layertap.graph.preset import Preset, text_inputs
 from layertap.graph.resolve import Spec, resolve
 from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
@@ -271,6 +279,8 @@ class Extractor:
         self.places: dict[str, LayerInfo]
         self.model: keras.Model
         self.places, self.model = _places_and_model(model, layers, input_shape)
+        self._input_shape = input_shape
+        self._gradient_runner: GradientRunner | None = None
         graph = inner_graph(model)
         if graph is not None:
             self._input_names = input_names(graph)
@@ -315,8 +325,9 @@ class Extractor:
         taps = ", ".join(f"{k!r}: {v.path!r}" for k, v in self.outputs.items())
         return f"Extractor({self.source.name!r}, {{{taps}}})"
 
-    def _model_inputs(self, x: Any) -> Any:
-        """``x`` as the source model takes it -> what ``self.model`` takes.
+    def _model_inputs(self, x: Any, target: keras.Model | None = None) -> Any:
+        """``x`` as the source model takes it -> what ``self.model`` (or ``target``, a
+        model taking every input, such as the gradient model) takes.
 
         Accepts what ``model(x)`` accepts: one array for a one-input model, a list in
         input order, or a dict keyed by input name. Inputs that no tap needs may be
@@ -324,21 +335,22 @@ class Extractor:
         missing, misshapen or non-array input (:class:`BadInputError`).
         """
         names, specs = self._input_names, self._input_specs
+        needed = self._needed if target is None else list(range(len(names)))
         if isinstance(x, Mapping):
             unknown = sorted(set(x) - set(names))
-            missing = [n for i, n in enumerate(names) if n not in x and i in self._needed]
+            missing = [n for i, n in enumerate(names) if n not in x and i in needed]
             if unknown or missing:
                 raise BadInputError(
                     f"input dict keys {sorted(x)!r} do not match the model's inputs "
                     f"{names!r} (unknown: {unknown!r}, missing: {missing!r})"
                 )
-            arrays = {i: x[n] for i, n in enumerate(names) if i in self._needed}
+            arrays = {i: x[n] for i, n in enumerate(names) if i in needed}
         elif isinstance(x, list | tuple):
             if len(x) != len(names):
                 raise BadInputError(
                     f"got {len(x)} input arrays, but the model has {len(names)} inputs: {names!r}"
                 )
-            arrays = {i: x[i] for i in self._needed}
+            arrays = {i: x[i] for i in needed}
         else:
             if len(names) != 1:
                 raise BadInputError(
@@ -359,12 +371,12 @@ class Extractor:
                     f"input {names[i]!r} has shape {shape}, but the model expects "
                     f"{want} (None: any size)"
                 )
-        struct = ki.inputs_struct(self.model)
+        struct = ki.inputs_struct(self.model if target is None else target)
         if isinstance(struct, dict):
-            return {names[i]: arrays[i] for i in self._needed}
+            return {names[i]: arrays[i] for i in needed}
         if isinstance(struct, list | tuple):
-            return [arrays[i] for i in self._needed]
-        return arrays[self._needed[0]]
+            return [arrays[i] for i in needed]
+        return arrays[needed[0]]
 
     def _arrays(self, x: Any) -> Any:
         """Texts, image paths and PIL images -> the arrays they stand for; else ``x``."""
@@ -428,6 +440,70 @@ preprocessor (or a layertap.Preset)
         out = self.model.predict_on_batch(self._model_inputs(self._arrays(x)))
         return {key: np.asarray(out[key]) for key in self.outputs}
 
+    def inputs(self, x: Any) -> Any:
+        """``x`` as arrays the model takes: texts tokenized, images decoded, shapes checked.
+
+        Every input of the model is kept (one array, a list or a dict, as the model
+        takes them), also those no tap needs.
+
+        Example:
+            >>> import keras, numpy as np
+            >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+            >>> Extractor(m, ["d"]).inputs(np.zeros((2, 4), "float32")).shape
+            (2, 4)
+        """
+        return self._model_inputs(self._arrays(x), inner_graph(self.source) or self.model)
+
+    def gradients(self, x: Any, target: Target = None, *, batch_size: int | None = 32) -> Gradients:
+        """Activations and gradients of one score per row at every tap and at the input.
+
+        One forward and one backward pass per batch, with the backend's autodiff
+        (``GradientTape``, ``jax.vjp``, ``torch.autograd``). The score is picked from
+        the model's first output, taken before a final softmax (a ``Softmax`` or
+        ``Activation("softmax")`` layer, or a ``Dense`` with a softmax activation: the
+        logits, as Grad-CAM prescribes), or from a tap.
+
+        Args:
+            x: one or more batches of what :meth:`__call__` takes (arrays for every
+                input the model has; texts, image paths or PIL images).
+            target: ``None`` (each row's top class), a class index for every row, one
+                index per row, ``(tap key, index or indices)`` into a tap's flattened
+                row, or a callable on ``{key: tensor}`` (the taps, and the score under
+                :data:`~layertap.graph.gradients.SCORE`) returning one score per row,
+                written with ``keras.ops``.
+            batch_size: rows per forward and backward pass.
+
+        Example:
+            >>> import keras, numpy as np
+            >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"),
+            ...                       keras.layers.Dense(2, activation="softmax")])
+            >>> g = Extractor(m, ["h"]).gradients(np.ones((5, 4), "float32"), target=1)
+            >>> g.gradients["h"].shape, g.input_gradients.shape, g.targets.tolist()
+            ((5, 3), (5, 4), [1, 1, 1, 1, 1])
+        """
+        if self._gradient_runner is None:
+            built = build_model(
+                self.source,
+                self.places,
+                name=f"{self.source.name}_gradients",
+                input_shape=self._input_shape,
+                probes=True,
+                score=True,
+            )
+            self._gradient_runner = GradientRunner(built, list(self.outputs))
+        runner = self._gradient_runner
+        x = self._model_inputs(self._arrays(x), runner.model)
+        n = check_rows(x)
+        size = batch_size or n
+        parts = [
+            runner.run(
+                tree.map_structure(lambda a, r=slice(i, i + size): a[r], x),
+                slice_target(target, slice(i, i + size), n),
+            )
+            for i in range(0, n, size)
+        ]
+        return join_gradients(parts)
+
     def predict(
         self, x: Any, *, batch_size: int | None = 32, verbose: int | str = 0
     ) -> dict[str, np.ndarray]:
@@ -486,3 +562,34 @@ preprocessor (or a layertap.Preset)
         for key, parts in pieces.items():
             results[key] = np.concatenate(parts) if parts else np.empty((0,), "float32")
         return {key: results[key] for key in self.outputs}
+
+
+def gradients(
+    model: keras.Model | Preset,
+    x: Any,
+    layers: Layers,
+    *,
+    target: Target = None,
+    batch_size: int | None = 32,
+    input_shape: Any = None,
+    preprocess: str | Preprocess | Any | None = None,
+    size: tuple[int, int] | None = None,
+) -> Gradients:
+    """Activations and gradients of one score per row at any taps, and at the input.
+
+    ``Extractor(model, layers, ...).gradients(x, target)``: one forward and one
+    backward pass per batch, with the backend's own autodiff. The score is the model's
+    first output, before a final softmax (the logits), at ``target``; see
+    :meth:`Extractor.gradients` for the targets, and :class:`Extractor` for ``x``, the
+    layer specs and the image options.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"),
+        ...                       keras.layers.Dense(2, activation="softmax")])
+        >>> g = gradients(m, np.ones((5, 4), "float32"), ["h"], target=[0, 1, 0, 1, 0])
+        >>> sorted(g.gradients), g.activations["h"].shape, g.scores.shape
+        (['h'], (5, 3), (5,))
+    """
+    ex = Extractor(model, layers, input_shape=input_shape, preprocess=preprocess, size=size)
+    return ex.gradients(x, target, batch_size=batch_size)

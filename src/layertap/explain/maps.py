@@ -1,0 +1,141 @@
+"""Stage 6, explain: class-activation and attribution maps from activations and gradients.
+
+Keras-free numpy: every function takes what :meth:`layertap.Extractor.gradients` returns
+(activations ``A`` and gradients ``G`` of one score per row, channels last,
+``(n, h, w, c)``) and gives one map per row, ``(n, h, w)``. The formulas:
+
+* Grad-CAM (Selvaraju et al. 2017): ``relu(sum_k mean_ij(G_k) A_k)``;
+* Grad-CAM++ (Chattopadhay et al. 2018), with the paper's exponential-score closed form:
+  ``a_k^ij = G^2 / (2 G^2 + sum_ab(A_k) G^3)``, ``w_k = sum_ij a_k^ij relu(G_k^ij)``,
+  map ``relu(sum_k w_k A_k)``;
+* LayerCAM (Jiang et al. 2021): ``relu(sum_k relu(G_k) A_k)``;
+* gradient x activation: ``relu(sum_k G_k A_k)``;
+* Score-CAM (Wang et al. 2020): ``relu(sum_k s_k A_k)``, ``s_k`` the score of the input
+  masked by channel k's normalised, upsampled map (:func:`weighted_sum`).
+
+:func:`normalize` scales each map to [0, 1]; :func:`upsample` resizes maps bilinearly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "gradcam",
+    "gradcam_plus_plus",
+    "grad_times_activation",
+    "layercam",
+    "normalize",
+    "upsample",
+    "weighted_sum",
+]
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.maximum(x, 0.0)
+    return out
+
+
+def _check(acts: np.ndarray, grads: np.ndarray | None = None) -> None:
+    if acts.ndim != 4 or (grads is not None and grads.shape != acts.shape):
+        shapes = f"{acts.shape}" + ("" if grads is None else f" and {grads.shape}")
+        raise ValueError(
+            f"class-activation maps need spatial activations (n, h, w, channels), got {shapes}"
+        )
+
+
+def weighted_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``relu(sum_k weights[n, k] * acts[n, :, :, k])``: a CAM from per-channel weights.
+
+    Example:
+        >>> a = np.ones((1, 2, 2, 3)); weighted_sum(a, np.array([[1.0, -2.0, 0.5]]))[0]
+        array([[0., 0.],
+               [0., 0.]])
+    """
+    _check(acts)
+    return _relu(np.einsum("nhwc,nc->nhw", acts, weights))
+
+
+def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM: channels weighted by their mean gradient.
+
+    Example:
+        >>> a = np.arange(8.0).reshape(1, 2, 2, 2); g = np.ones_like(a)
+        >>> gradcam(a, g)[0]
+        array([[ 1.,  5.],
+               [ 9., 13.]])
+    """
+    _check(acts, grads)
+    return weighted_sum(acts, grads.mean(axis=(1, 2)))
+
+
+def gradcam_plus_plus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++: channels weighted by their positive gradients, each position's
+    weight from the closed form for an exponential score.
+
+    Example:
+        >>> a = np.ones((1, 2, 2, 1)); g = np.full_like(a, 0.5)
+        >>> gradcam_plus_plus(a, g)[0]  # a_ij = 0.25 / (0.5 + 4 * 0.125) = 0.25
+        array([[0.5, 0.5],
+               [0.5, 0.5]])
+    """
+    _check(acts, grads)
+    g2, g3 = grads**2, grads**3
+    denominator = 2.0 * g2 + acts.sum(axis=(1, 2), keepdims=True) * g3
+    alpha = g2 / np.where(denominator != 0.0, denominator, 1.0)
+    return weighted_sum(acts, (alpha * _relu(grads)).sum(axis=(1, 2)))
+
+
+def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """LayerCAM: each position of each channel weighted by its own positive gradient.
+
+    Example:
+        >>> a = np.ones((1, 1, 2, 2)); g = np.array([[[[1.0, -1.0], [2.0, 0.5]]]])
+        >>> layercam(a, g)[0]
+        array([[1. , 2.5]])
+    """
+    _check(acts, grads)
+    return _relu((_relu(grads) * acts).sum(axis=-1))
+
+
+def grad_times_activation(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Gradient x activation, summed over channels, positive part.
+
+    Example:
+        >>> a = np.ones((1, 1, 2, 2)); g = np.array([[[[1.0, -3.0], [2.0, 0.5]]]])
+        >>> grad_times_activation(a, g)[0]
+        array([[0. , 2.5]])
+    """
+    _check(acts, grads)
+    return _relu((grads * acts).sum(axis=-1))
+
+
+def normalize(maps: np.ndarray) -> np.ndarray:
+    """Each map scaled to [0, 1] by its own minimum and maximum (a flat map gives zeros).
+
+    Example:
+        >>> normalize(np.array([[[2.0, 4.0]], [[3.0, 3.0]]])).tolist()
+        [[[0.0, 1.0]], [[0.0, 0.0]]]
+    """
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    out: np.ndarray = (maps - low) / np.where(span > 0, span, 1.0)
+    return out.astype(np.float32)
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Maps ``(n, h, w)`` resized to ``size`` = (height, width), bilinear (Pillow).
+
+    Example:
+        >>> upsample(np.ones((2, 3, 3)), (8, 6)).shape
+        (2, 8, 6)
+    """
+    height, width = size
+    if maps.shape[1:] == (height, width):
+        return maps.astype(np.float32)
+    out = np.empty((maps.shape[0], height, width), np.float32)
+    for i, m in enumerate(maps):
+        image = Image.fromarray(np.asarray(m, np.float32), mode="F")
+        out[i] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    return out

@@ -1,0 +1,258 @@
+"""Stage 6, explain: ``explain(model, x, layer, method=...)``, maps per image in [0, 1].
+
+Each method is a small function over activations and gradients from
+:meth:`layertap.Extractor.gradients` (one forward and one backward pass per batch), or
+over forward passes only (Score-CAM), or over several gradient passes at the input
+(SmoothGrad, integrated gradients). The maps are computed at the layer's resolution,
+then upsampled to the input's (``upsample=True``) and normalised to [0, 1] per image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import tree
+
+from layertap._errors import BadInputError, BadSpecError
+from layertap.explain import maps
+from layertap.graph.extractor import Extractor
+from layertap.graph.gradients import Gradients, Target
+
+__all__ = ["CAM_METHODS", "INPUT_METHODS", "METHODS", "Explanation", "explain"]
+
+logger = logging.getLogger(__name__)
+
+#: Methods on a layer's activations and gradients: name -> map function.
+CAM_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "gradcam": maps.gradcam,
+    "gradcam++": maps.gradcam_plus_plus,
+    "layercam": maps.layercam,
+    "gradxact": maps.grad_times_activation,
+}
+#: Methods at the input (they take no layer).
+INPUT_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
+#: Every method ``explain`` takes.
+METHODS = (*CAM_METHODS, "scorecam", *INPUT_METHODS)
+
+_KEY = "layer"
+
+
+class Explanation(np.ndarray):
+    """The maps, ``(n, H, W)`` float32 in [0, 1], with what made them in ``info``.
+
+    ``info`` holds ``method``, ``layer``, ``targets`` (the class of each row) and
+    ``scores`` (its pre-softmax score), and for integrated gradients ``completeness``:
+    the attributions' sum next to ``score(x) - score(baseline)``, per row, and the
+    largest relative gap.
+    """
+
+    info: dict[str, Any]
+
+    def __new__(cls, maps_: np.ndarray, info: dict[str, Any]) -> Explanation:
+        out = np.asarray(maps_, np.float32).view(cls)
+        out.info = info
+        return out
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.info = getattr(obj, "info", {})
+
+
+def _image_input(ex: Extractor, x: Any) -> np.ndarray:
+    """The one image-like input array the maps are drawn over: ``(n, H, W, C)``."""
+    arrays = ex.inputs(x)
+    if isinstance(arrays, dict | list | tuple):
+        raise BadInputError(
+            "explain takes a model with one image input (n, height, width, channels); "
+            f"this one takes {len(tree.flatten(arrays))} inputs"
+        )
+    array = np.asarray(keras.ops.convert_to_numpy(arrays), np.float32)
+    if array.ndim != 4:
+        raise BadInputError(
+            f"explain draws maps over images (n, height, width, channels); got an input of "
+            f"shape {array.shape}"
+        )
+    return array
+
+
+def _finish(raw: np.ndarray, size: tuple[int, int] | None, info: dict[str, Any]) -> Explanation:
+    out = maps.upsample(raw, size) if size is not None else raw.astype(np.float32)
+    return Explanation(maps.normalize(out), info)
+
+
+def _layer_maps(
+    ex: Extractor, x: np.ndarray, method: str, target: Target, batch_size: int
+) -> tuple[np.ndarray, Gradients]:
+    g = ex.gradients(x, target, batch_size=batch_size)
+    acts, grads = g.activations[_KEY], g.gradients[_KEY]
+    if acts.ndim != 4:
+        raise BadSpecError(
+            f"{method} needs a spatial layer (n, height, width, channels); the tapped layer "
+            f"gives {acts.shape}: pick a convolutional layer (layertap layers MODEL)"
+        )
+    return CAM_METHODS[method](acts, grads), g
+
+
+def _scorecam(
+    model: Any, x: np.ndarray, layer: str, target: Target, batch_size: int, max_channels: int
+) -> tuple[np.ndarray, Gradients]:
+    """Score-CAM: forward passes of the input masked by each channel's map."""
+    ex = Extractor(model, {_KEY: layer, "out": -1})
+    g = Extractor(model, {_KEY: layer}).gradients(x, target, batch_size=batch_size)
+    acts = g.activations[_KEY]
+    if acts.ndim != 4:
+        raise BadSpecError(f"scorecam needs a spatial layer; {layer!r} gives {acts.shape}")
+    classes = np.asarray(g.targets)
+    out = np.zeros(acts.shape[:3], np.float32)
+    for i in range(len(x)):
+        order = np.argsort(-acts[i].var(axis=(0, 1)))[:max_channels]
+        masks = maps.normalize(maps.upsample(np.moveaxis(acts[i][..., order], -1, 0), x.shape[1:3]))
+        scores = []
+        for start in range(0, len(order), batch_size):
+            masked = x[i][None] * masks[start : start + batch_size, ..., None]
+            rows = ex(masked)["out"].reshape(len(masked), -1)
+            scores.append(rows[:, classes[i]])
+        weights = np.zeros(acts.shape[-1], np.float32)
+        weights[order] = np.concatenate(scores)
+        out[i] = maps.weighted_sum(acts[i][None], weights[None])[0]
+    return out, g
+
+
+def _input_grads(
+    ex: Extractor, x: np.ndarray, target: Target, batch_size: int
+) -> tuple[np.ndarray, Gradients]:
+    g = ex.gradients(x, target, batch_size=batch_size)
+    return np.asarray(g.input_gradients), g
+
+
+def _smoothgrad(
+    ex: Extractor, x: np.ndarray, target: Target, batch_size: int, samples: int, noise: float
+) -> tuple[np.ndarray, Gradients]:
+    """SmoothGrad: mean |gradient| over noisy copies (sigma = noise x each image's range)."""
+    _, g = _input_grads(ex, x, target, batch_size)  # fixes each row's class
+    classes = g.targets if g.targets is not None else target
+    rng = np.random.default_rng(0)
+    sigma = noise * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
+    total = np.zeros_like(x)
+    for _ in range(samples):
+        noisy = x + rng.normal(size=x.shape).astype(np.float32) * sigma[:, None, None, None]
+        total += np.abs(_input_grads(ex, noisy, classes, batch_size)[0])
+    return (total / samples).max(axis=-1), g
+
+
+def _integrated(
+    ex: Extractor, x: np.ndarray, target: Target, batch_size: int, steps: int
+) -> tuple[np.ndarray, Gradients, dict[str, Any]]:
+    """Integrated gradients from a black baseline, trapezoid rule, completeness checked."""
+    g = ex.gradients(x, target, batch_size=batch_size)
+    classes = g.targets if g.targets is not None else target
+    baseline = np.zeros_like(x)
+    total = np.zeros_like(x)
+    for j in range(steps + 1):
+        alpha = j / steps
+        step = ex.gradients(baseline + alpha * (x - baseline), classes, batch_size=batch_size)
+        weight = 0.5 if j in (0, steps) else 1.0
+        total += weight * np.asarray(step.input_gradients)
+        if j == 0:
+            at_baseline = step.scores
+    attributions = (x - baseline) * total / steps
+    sums = attributions.sum(axis=(1, 2, 3))
+    expected = g.scores - at_baseline
+    gap = np.abs(sums - expected) / np.maximum(np.abs(expected), 1e-6)
+    check = {
+        "attributions": sums.tolist(),
+        "score_minus_baseline": expected.tolist(),
+        "max_relative_gap": float(gap.max()),
+        "steps": steps,
+    }
+    if gap.max() > 0.05:
+        logger.warning(
+            "integrated gradients: attributions miss score(x) - score(baseline) by up to "
+            "%.1f%% with %d steps; pass steps= higher",
+            100 * gap.max(),
+            steps,
+        )
+    return np.abs(attributions).sum(axis=-1), g, check
+
+
+def explain(
+    model: Any,
+    x: Any,
+    layer: Any = None,
+    *,
+    method: str = "gradcam",
+    target: Target = None,
+    upsample: bool = True,
+    batch_size: int = 32,
+    **options: Any,
+) -> Explanation:
+    """Maps of where ``model`` looks for its ``target``, one per image, in [0, 1].
+
+    Args:
+        model: a ``keras.Model`` (nested sub-models, shared and custom layers
+            included) or a :class:`~layertap.Preset`, taking one image input.
+        x: images: an array ``(n, H, W, C)`` as the model takes it, image paths or
+            PIL images (decoded as :class:`~layertap.Extractor` decodes them).
+        layer: the spatial layer spec for the CAM methods (``"backbone/block_13"``);
+            ``None`` for the input methods.
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"gradxact"``,
+            ``"scorecam"`` (forward passes only; ``max_channels=`` the most varied
+            channels, default 64), ``"saliency"``, ``"smoothgrad"`` (``samples=``
+            20, ``noise=`` 0.15) or ``"integrated_gradients"`` (``steps=`` 32; the
+            completeness check is in ``.info`` and logged when off by over 5%).
+        target: ``None`` for each image's top class, or what
+            :meth:`~layertap.Extractor.gradients` takes.
+        upsample: maps at the input's resolution (``True``) or the layer's.
+        batch_size: images per forward and backward pass.
+
+    Returns:
+        An :class:`Explanation`: a float32 array ``(n, H, W)`` with ``.info``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((8, 8, 3)),
+        ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+        ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+        >>> x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+        >>> cam = explain(m, x, "conv")
+        >>> cam.shape, float(cam.max()) <= 1.0, explain(m, x, "conv", upsample=False).shape
+        ((2, 8, 8), True, (2, 6, 6))
+    """
+    if method not in METHODS:
+        raise BadSpecError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method in INPUT_METHODS and layer is not None:
+        raise BadSpecError(f"{method} explains at the input; leave layer out (it got {layer!r})")
+    if method not in INPUT_METHODS and layer is None:
+        raise BadSpecError(f"{method} needs layer=, a spatial layer of the model")
+    # The input methods tap the last layer only to have a tap: they read input gradients.
+    ex = Extractor(model, {_KEY: layer if layer is not None else -1})
+    images = _image_input(ex, x)
+    size = images.shape[1:3] if upsample else None
+    extra: dict[str, Any] = {}
+    if method in CAM_METHODS:
+        raw, g = _layer_maps(ex, images, method, target, batch_size)
+    elif method == "scorecam":
+        raw, g = _scorecam(
+            model, images, layer, target, batch_size, options.get("max_channels", 64)
+        )
+    elif method == "saliency":
+        grads, g = _input_grads(ex, images, target, batch_size)
+        raw = np.abs(grads).max(axis=-1)
+    elif method == "smoothgrad":
+        samples, noise = options.get("samples", 20), options.get("noise", 0.15)
+        raw, g = _smoothgrad(ex, images, target, batch_size, samples, noise)
+    else:
+        raw, g, extra["completeness"] = _integrated(
+            ex, images, target, batch_size, options.get("steps", 32)
+        )
+    info = {
+        "method": method,
+        "layer": layer,
+        "targets": None if g.targets is None else g.targets.tolist(),
+        "scores": g.scores.tolist(),
+        **extra,
+    }
+    return _finish(raw, size if upsample else None, info)

@@ -1,0 +1,180 @@
+"""explain(): each method against an oracle written apart from it.
+
+* the CAM family: the paper's formula written out with loops over channels and
+  positions, on gradients that tests/test_gradients.py checks against finite
+  differences;
+* Grad-CAM on a keras.applications MobileNetV2 nested in a Sequential head, against a
+  hand-written TensorFlow GradientTape (the backbone split by hand at the layer);
+* Score-CAM: forward passes of each channel-masked image, by hand;
+* integrated gradients: completeness (the attributions sum to score(x) - score(0)).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+from PIL import Image
+
+import layertap
+from layertap.explain.methods import METHODS, explain
+from tests.conftest import to_numpy
+
+
+@pytest.fixture
+def cnn() -> keras.Model:
+    """A nested CNN: a Functional backbone inside a Sequential with a softmax head."""
+    x = keras.Input((10, 10, 3))
+    h = layers.Conv2D(6, 3, activation="tanh", name="conv1")(x)
+    h = layers.Conv2D(5, 3, activation="tanh", name="conv2")(h)
+    backbone = keras.Model(x, h, name="backbone")
+    return keras.Sequential(
+        [keras.Input((10, 10, 3)), backbone, layers.GlobalAveragePooling2D(),
+         layers.Dense(4, activation="softmax", name="head")]
+    )  # fmt: skip
+
+
+@pytest.fixture
+def images(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-1, 1, size=(3, 10, 10, 3)).astype("float32")
+
+
+def minmax(m: np.ndarray) -> np.ndarray:
+    span = m.max() - m.min()
+    return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+
+
+def by_hand(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """One image's map, channel by channel and position by position (the papers)."""
+    h, w, c = a.shape
+    out = np.zeros((h, w))
+    for k in range(c):
+        if method == "gradcam":
+            out += g[..., k].mean() * a[..., k]
+        elif method == "gradcam++":
+            weight = 0.0
+            for i in range(h):
+                for j in range(w):
+                    d = 2 * g[i, j, k] ** 2 + a[..., k].sum() * g[i, j, k] ** 3
+                    alpha = g[i, j, k] ** 2 / d if d != 0 else 0.0
+                    weight += alpha * max(g[i, j, k], 0.0)
+            out += weight * a[..., k]
+        elif method == "layercam":
+            out += np.maximum(g[..., k], 0) * a[..., k]
+        else:  # gradxact
+            out += g[..., k] * a[..., k]
+    return minmax(np.maximum(out, 0))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "gradxact"])
+def test_the_cam_family_equals_the_formulas(
+    method: str, cnn: keras.Model, images: np.ndarray
+) -> None:
+    target = [0, 3, 1]
+    got = explain(cnn, images, "backbone/conv2", method=method, target=target, upsample=False)
+    g = layertap.Extractor(cnn, {"l": "backbone/conv2"}).gradients(images, target)
+    assert got.shape == (3, 6, 6) and got.dtype == np.float32
+    for i in range(3):
+        want = by_hand(method, g.activations["l"][i], g.gradients["l"][i])
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
+    assert got.info["targets"] == target and got.info["method"] == method
+    up = explain(cnn, images, "backbone/conv2", method=method, target=target)
+    assert up.shape == (3, 10, 10) and 0.0 <= up.min() and up.max() <= 1.0
+
+
+def test_target_none_is_the_top_class(cnn: keras.Model, images: np.ndarray) -> None:
+    top = to_numpy(cnn(images)).argmax(1)
+    got = explain(cnn, images, "backbone/conv1")
+    assert got.info["targets"] == top.tolist()
+    np.testing.assert_allclose(got, explain(cnn, images, "backbone/conv1", target=top))
+
+
+def test_scorecam_weights_channels_by_the_scores_of_masked_images(
+    cnn: keras.Model, images: np.ndarray
+) -> None:
+    got = explain(cnn, images, "backbone/conv2", method="scorecam", upsample=False)
+    inner = keras.Model(cnn.layers[0].input, cnn.layers[0].get_layer("conv2").output)
+    acts = to_numpy(inner(images))
+    for i, c in enumerate(got.info["targets"]):
+        weights = []
+        for k in range(acts.shape[-1]):
+            pixels = Image.fromarray(acts[i, ..., k], mode="F").resize((10, 10), Image.BILINEAR)
+            mask = minmax(np.asarray(pixels))
+            weights.append(to_numpy(cnn(images[i : i + 1] * mask[None, ..., None]))[0, c])
+        want = minmax(np.maximum((acts[i] * np.array(weights)).sum(-1), 0))
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-4)
+
+
+def test_integrated_gradients_are_complete_and_saliency_is_the_gradient(
+    cnn: keras.Model, images: np.ndarray
+) -> None:
+    ig = explain(cnn, images, method="integrated_gradients", steps=64)
+    check = ig.info["completeness"]
+    assert check["max_relative_gap"] < 0.01, check
+    assert ig.shape == (3, 10, 10)
+    sal = explain(cnn, images, method="saliency", target=[1, 1, 1])
+    g = layertap.Extractor(cnn, {"out": -1}).gradients(images, [1, 1, 1])
+    for i in range(3):
+        np.testing.assert_allclose(sal[i], minmax(np.abs(g.input_gradients[i]).max(-1)), atol=1e-5)
+    smooth = explain(cnn, images, method="smoothgrad", samples=4)
+    assert smooth.shape == (3, 10, 10) and not np.allclose(smooth, sal)
+
+
+def test_mistakes_name_the_valid_choices(cnn: keras.Model, images: np.ndarray) -> None:
+    with pytest.raises(layertap.BadSpecError, match="unknown method 'gradcam3'; valid: gradcam"):
+        explain(cnn, images, "backbone/conv2", method="gradcam3")
+    with pytest.raises(layertap.BadSpecError, match="needs layer="):
+        explain(cnn, images)
+    with pytest.raises(layertap.BadSpecError, match="leave layer out"):
+        explain(cnn, images, "backbone/conv2", method="saliency")
+    with pytest.raises(layertap.BadSpecError, match="spatial layer"):
+        explain(cnn, images, "head")
+    assert set(METHODS) >= {"gradcam", "gradcam++", "layercam", "scorecam", "saliency"}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the oracle is a tf tape")
+def test_gradcam_on_a_nested_mobilenet_equals_a_hand_written_tape(
+    rng: np.random.Generator,
+) -> None:
+    import tensorflow as tf
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(64, 64, 3), include_top=False, weights=None, alpha=0.35
+    )
+    model = keras.Sequential(
+        [keras.Input((64, 64, 3)), backbone, layers.GlobalAveragePooling2D(),
+         layers.Dense(5, activation="softmax", name="head")]
+    )  # fmt: skip
+    x = rng.uniform(-1, 1, size=(2, 64, 64, 3)).astype("float32")
+    name = "block_13_expand_relu"
+    got = explain(model, x, f"{backbone.name}/{name}", upsample=False, target=[2, 4])
+    # By hand: split the backbone at the layer, finish the forward pass, take the logit.
+    split = keras.Model(backbone.input, [backbone.get_layer(name).output, backbone.output])
+    head = model.get_layer("head")
+    with tf.GradientTape() as tape:
+        conv, features = split(x)
+        pooled = tf.reduce_mean(features, axis=(1, 2))
+        logits = tf.matmul(pooled, head.kernel) + head.bias
+        score = tf.reduce_sum(tf.gather(logits, [2, 4], axis=1, batch_dims=0) * np.eye(2))
+    grads = tape.gradient(score, conv).numpy()
+    weights = grads.mean(axis=(1, 2))
+    for i in range(2):
+        cam = np.maximum(np.einsum("hwc,c->hw", conv.numpy()[i], weights[i]), 0)
+        np.testing.assert_allclose(got[i], minmax(cam), rtol=1e-4, atol=1e-4)
+
+
+def test_every_backend_gives_the_tensorflow_maps_of_a_saved_nested_mobilenet(
+    tmp_path: object,
+) -> None:
+    """The maps in tests/golden/explain.npz were written on TensorFlow (see
+    tests/golden/explain_runs.py); the same saved model gives them on this backend."""
+    from pathlib import Path
+
+    from tests.golden.explain_runs import GOLDEN, compute
+
+    golden = np.load(GOLDEN)
+    got = compute(Path(str(tmp_path)))
+    assert sorted(got) == sorted(golden.files)
+    for method, maps in got.items():
+        np.testing.assert_allclose(maps, golden[method], rtol=0, atol=2e-3, err_msg=method)
