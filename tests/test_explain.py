@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -52,14 +54,15 @@ def by_hand(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
     for k in range(c):
         if method == "gradcam":
             out += g[..., k].mean() * a[..., k]
-        elif method == "gradcam++":
-            weight = 0.0
+        elif method == "gradcam++":  # alphas normalised per channel, as the authors' code
+            alphas = np.zeros((h, w))
             for i in range(h):
                 for j in range(w):
                     d = 2 * g[i, j, k] ** 2 + a[..., k].sum() * g[i, j, k] ** 3
-                    alpha = g[i, j, k] ** 2 / d if d != 0 else 0.0
-                    weight += alpha * max(g[i, j, k], 0.0)
-            out += weight * a[..., k]
+                    alphas[i, j] = g[i, j, k] ** 2 / d if d != 0 else 0.0
+            if alphas.sum() != 0:
+                alphas /= alphas.sum()
+            out += (alphas * np.maximum(g[..., k], 0)).sum() * a[..., k]
         elif method == "layercam":
             out += np.maximum(g[..., k], 0) * a[..., k]
         else:  # gradxact
@@ -178,3 +181,40 @@ def test_every_backend_gives_the_tensorflow_maps_of_a_saved_nested_mobilenet(
     assert sorted(got) == sorted(golden.files)
     for method, maps in got.items():
         np.testing.assert_allclose(maps, golden[method], rtol=0, atol=2e-3, err_msg=method)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf-keras-vis runs on TF only")
+# tf-keras-vis 0.8.7 imports scipy's old zoom, and feeds Keras 3 a list for one input.
+@pytest.mark.filterwarnings("ignore:Please import `zoom`:DeprecationWarning")
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "saliency"])
+def test_tf_keras_vis_gives_the_same_maps_on_a_flat_model(
+    method: str, rng: np.random.Generator
+) -> None:
+    """The peer, where it runs: a flat Functional model (tf-keras-vis fails on nested ones)."""
+    pytest.importorskip("tf_keras_vis", reason="tf-keras-vis is an optional test dependency")
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    x = keras.Input((12, 12, 3))
+    h = layers.Conv2D(6, 3, activation="tanh", name="conv1")(x)
+    h = layers.Conv2D(5, 3, activation="tanh", name="conv2")(h)
+    out = layers.Dense(4, activation="softmax", name="head")(layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(x, out)
+    images = rng.uniform(-1, 1, size=(3, 12, 12, 3)).astype("float32")
+    target = [1, 3, 0]
+    score = CategoricalScore(target)
+    if method == "saliency":
+        with warnings.catch_warnings():  # "The structure of `inputs` doesn't match"
+            warnings.simplefilter("ignore", UserWarning)
+            theirs = Saliency(model, model_modifier=ReplaceToLinear())(score, images)
+        ours = explain(model, images, method="saliency", target=target)
+    else:
+        peer = (Gradcam if method == "gradcam" else GradcamPlusPlus)(
+            model, model_modifier=ReplaceToLinear()
+        )
+        theirs = peer(score, images, penultimate_layer="conv2", expand_cam=False)
+        ours = explain(model, images, "conv2", method=method, target=target, upsample=False)
+    np.testing.assert_allclose(ours, np.asarray(theirs), rtol=0, atol=1e-4)

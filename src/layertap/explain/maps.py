@@ -5,9 +5,10 @@ Keras-free numpy: every function takes what :meth:`layertap.Extractor.gradients`
 ``(n, h, w, c)``) and gives one map per row, ``(n, h, w)``. The formulas:
 
 * Grad-CAM (Selvaraju et al. 2017): ``relu(sum_k mean_ij(G_k) A_k)``;
-* Grad-CAM++ (Chattopadhay et al. 2018), with the paper's exponential-score closed form:
-  ``a_k^ij = G^2 / (2 G^2 + sum_ab(A_k) G^3)``, ``w_k = sum_ij a_k^ij relu(G_k^ij)``,
-  map ``relu(sum_k w_k A_k)``;
+* Grad-CAM++ (Chattopadhay et al. 2018), with the paper's exponential-score closed form
+  ``a_k^ij = G^2 / (2 G^2 + sum_ab(A_k) G^3)``, each channel's ``a_k`` divided by its sum
+  over positions as the authors' code (and tf-keras-vis) do, ``w_k = sum_ij a_k^ij
+  relu(G_k^ij)``, map ``relu(sum_k w_k A_k)``;
 * LayerCAM (Jiang et al. 2021): ``relu(sum_k relu(G_k) A_k)``;
 * gradient x activation: ``relu(sum_k G_k A_k)``;
 * Score-CAM (Wang et al. 2020): ``relu(sum_k s_k A_k)``, ``s_k`` the score of the input
@@ -72,11 +73,11 @@ def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
 
 def gradcam_plus_plus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM++: channels weighted by their positive gradients, each position's
-    weight from the closed form for an exponential score.
+    weight from the closed form for an exponential score, normalised per channel.
 
     Example:
         >>> a = np.ones((1, 2, 2, 1)); g = np.full_like(a, 0.5)
-        >>> gradcam_plus_plus(a, g)[0]  # a_ij = 0.25 / (0.5 + 4 * 0.125) = 0.25
+        >>> gradcam_plus_plus(a, g)[0]  # a_ij = 1/4 after normalising; w = 4 * 1/4 * 0.5
         array([[0.5, 0.5],
                [0.5, 0.5]])
     """
@@ -84,6 +85,8 @@ def gradcam_plus_plus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     g2, g3 = grads**2, grads**3
     denominator = 2.0 * g2 + acts.sum(axis=(1, 2), keepdims=True) * g3
     alpha = g2 / np.where(denominator != 0.0, denominator, 1.0)
+    total = alpha.sum(axis=(1, 2), keepdims=True)
+    alpha = alpha / np.where(total != 0.0, total, 1.0)
     return weighted_sum(acts, (alpha * _relu(grads)).sum(axis=(1, 2)))
 
 
