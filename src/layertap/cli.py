@@ -350,6 +350,98 @@ def extract(**flags: Any) -> None:
         raise click.exceptions.Exit(EXIT_SOME_FAILED)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="IMAGE...", nargs=-1, required=True)
+@click.option(
+    "--layer",
+    "-l",
+    "layer_specs_",
+    metavar="SPEC",
+    multiple=True,
+    required=True,
+    help="A spatial layer to explain at (repeatable): a name, a path "
+    "(backbone/block_13_expand_relu) or a call (encoder@1/conv).",
+)
+@click.option(
+    "--method",
+    "-m",
+    type=click.Choice(["gradcam", "gradcam++", "layercam", "gradxact", "scorecam"]),
+    default="gradcam",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    "-o",
+    metavar="DIR",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The report folder: index.html, overlays/, grids/, activation_stats.png.",
+)
+@click.option(
+    "--labels",
+    metavar="FILE",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Class names: a .txt (one per line) or a .json list or index dict.",
+)
+@click.option(
+    "--target",
+    type=int,
+    default=None,
+    help="The class to explain in every image (default: each image's top class).",
+)
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Top classes listed per image.")  # fmt: skip
+@click.option("--grid", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Feature maps per layer in the grids.")  # fmt: skip
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--preprocess",
+    default=None,
+    help="Image preprocessing: rescale, tf, caffe, torch, none, or module:function "
+    "(default: the preset's converter, else rescale).",
+)
+@click.option("--size", default=None, metavar="HxW", help="Image size for any-size models.")
+@_model_options
+def explain(**flags: Any) -> None:
+    """Explain what MODEL looks at in each IMAGE, and write a report to DIR.
+
+    IMAGE is an image file, a folder (read recursively), a glob (quote it) or a .txt or
+    .csv list of paths. For each image and each --layer, the report holds the map
+    (Grad-CAM by default; the score is the class logit, before the softmax) over the
+    image, the layer's feature maps, and the top classes; index.html shows it all and
+    needs no network. Images that cannot be decoded are skipped and named (exit 1).
+    """
+    from layertap.explain.report import read_labels, write_report
+    from layertap.io.data import expand_inputs
+
+    model = _load(flags["model"], flags["custom_objects"], flags["unsafe"])
+    labels = read_labels(flags["labels"]) if flags["labels"] is not None else None
+    report = write_report(
+        model,
+        [str(p) for p in expand_inputs(flags["inputs"])],
+        list(flags["layer_specs_"]),
+        flags["out"],
+        method=flags["method"],
+        target=flags["target"],
+        labels=labels,
+        top=flags["top"],
+        grid=flags["grid"],
+        batch_size=flags["batch_size"],
+        preprocess=flags["preprocess"],
+        size=_parse_size(flags["size"]),
+    )
+    for path, reason in report.failed:
+        click.echo(f"layertap: skipped {path}: {reason}", err=True)
+    click.echo(
+        f"explained {len(report.images)} images at {len(flags['layer_specs_'])} layers "
+        f"({flags['method']}): {report.index}"
+    )
+    if report.failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
 def _run_from_flags(flags: dict[str, Any]) -> Any:
     """The :class:`~layertap.engines.run.Run` the ``extract`` flags describe (validated)."""
     from layertap.engines.run import LayerOptions, ModelSource, Output, RayOptions, Run

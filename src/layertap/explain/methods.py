@@ -60,6 +60,15 @@ class Explanation(np.ndarray):
     def __array_finalize__(self, obj: Any) -> None:
         self.info = getattr(obj, "info", {})
 
+    def _repr_png_(self) -> bytes | None:
+        """The maps side by side, in Jupyter (needs the ``viz`` extra)."""
+        if self.ndim != 3:
+            return None
+        from layertap.explain.viz import heatmap_row
+
+        titles = [f"class {t}" for t in self.info.get("targets") or []] or None
+        return heatmap_row(np.asarray(self), titles).png
+
 
 def _image_input(ex: Extractor, x: Any) -> np.ndarray:
     """The one image-like input array the maps are drawn over: ``(n, H, W, C)``."""

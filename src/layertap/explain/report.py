@@ -1,0 +1,291 @@
+"""Stage 7, the report: per-image overlays and a self-contained ``index.html``.
+
+``write_report`` explains each image at each layer, and writes into one folder:
+
+* ``overlays/<image>__<layer>.png``: the map over the image;
+* ``grids/<image>__<layer>.png``: the layer's feature maps (top channels by mean);
+* ``activation_stats.png``: per-layer statistics over the images;
+* ``index.html``: every picture inlined as a ``data:`` URI (the page makes no network
+  request and needs no other file), the top classes of each image with their names
+  (``labels``), one panel per layer, the feature-map grids and the statistics.
+
+Images that cannot be decoded are skipped and listed, as ``layertap extract`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from layertap._errors import BadInputError, BadSpecError
+from layertap.explain import maps, viz
+from layertap.explain.methods import CAM_METHODS, INPUT_METHODS, METHODS, explain
+from layertap.graph.extractor import Extractor
+from layertap.io.data import Decoder, ImageSpec
+
+__all__ = ["Report", "read_labels", "write_report"]
+
+_OUTPUT = "__layertap_output"
+_DISPLAY = 384  # longest side of an image in the report
+
+
+@dataclasses.dataclass
+class Report:
+    """What :func:`write_report` wrote.
+
+    Attributes:
+        index: the ``index.html`` path.
+        overlays: the overlay PNGs, in image then layer order.
+        images: the inputs explained.
+        failed: ``(input, reason)`` of those that could not be decoded.
+    """
+
+    index: Path
+    overlays: list[Path]
+    images: list[str]
+    failed: list[tuple[str, str]]
+
+
+def read_labels(path: str | os.PathLike[str]) -> list[str]:
+    """Class names: a ``.txt`` with one name per line (line i is class i), or a ``.json``
+    list, or a dict from index to a name or to ``[id, name]`` (ImageNet's class index).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "l.json"
+        >>> _ = p.write_text('{"1": ["n02", "goldfish"], "0": ["n01", "tench"]}')
+        >>> read_labels(p)
+        ['tench', 'goldfish']
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"labels file {str(path)!r} cannot be read: {exc}") from exc
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"labels file {str(path)!r} is not valid JSON: {exc}") from exc
+    if isinstance(data, list):
+        return [str(x) for x in data]
+    if isinstance(data, dict) and all(str(k).isdigit() for k in data):
+        names = {int(k): (v[-1] if isinstance(v, list) else v) for k, v in data.items()}
+        return [str(names.get(i, i)) for i in range(max(names) + 1)]
+    raise BadInputError(
+        f"labels file {str(path)!r}: give a list of names, or a dict from class index to a "
+        "name (or to [id, name])"
+    )
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def _display_image(path: str) -> np.ndarray:
+    """The image upright, its longest side brought to between 224 and 384 pixels."""
+    with Image.open(path) as img:
+        out = ImageOps.exif_transpose(img).convert("RGB")
+    scale = min(_DISPLAY, max(224, max(out.size))) / max(out.size)
+    size = (max(1, round(out.width * scale)), max(1, round(out.height * scale)))
+    return np.asarray(out.resize(size, Image.Resampling.BILINEAR) if scale != 1 else out)
+
+
+def _decode(
+    spec: ImageSpec, inputs: Sequence[str]
+) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
+    """The inputs that decode, their arrays, and ``(input, reason)`` for the others."""
+    with Decoder(spec) as decoder:
+        outcomes = decoder.decode([(item, -1) for item in inputs])
+    good = [item for item, (x, _) in zip(inputs, outcomes, strict=True) if x is not None]
+    failed = [(item, why) for item, (x, why) in zip(inputs, outcomes, strict=True) if x is None]
+    arrays = [x for x, _ in outcomes if x is not None]
+    return good, (np.stack(arrays) if arrays else None), failed
+
+
+def _maps_per_layer(
+    model: Any, images: np.ndarray, layers: Sequence[str], method: str, target: Any, batch: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:
+    """``{layer: maps}``, ``{layer: activations}`` and the gradient result."""
+    if method in INPUT_METHODS:
+        raise BadSpecError(f"the report draws layer maps; {method} explains the input only")
+    taps = {f"l{i}": spec for i, spec in enumerate(layers)}
+    ex = Extractor(model, {**taps, _OUTPUT: -1})
+    g = ex.gradients(images, target, batch_size=batch)
+    acts = {spec: g.activations[key] for key, spec in taps.items()}
+    for spec, a in acts.items():
+        if a.ndim != 4:
+            raise BadSpecError(
+                f"layer {spec!r} gives {a.shape}, not a spatial map (n, height, width, "
+                "channels): pick a convolutional layer (layertap layers MODEL)"
+            )
+    out = {}
+    for key, spec in taps.items():
+        if method in CAM_METHODS:
+            raw = CAM_METHODS[method](g.activations[key], g.gradients[key])
+            out[spec] = maps.normalize(maps.upsample(raw, images.shape[1:3]))
+        else:
+            out[spec] = np.asarray(explain(model, images, spec, method=method, target=g.targets))
+    return out, acts, g
+
+
+def _top_classes(
+    scores: np.ndarray, labels: Sequence[str] | None, top: int
+) -> list[tuple[str, float]]:
+    order = np.argsort(-scores)[:top]
+    names = [labels[i] if labels is not None and i < len(labels) else f"class {i}" for i in order]
+    return [(name, float(scores[i])) for name, i in zip(names, order, strict=True)]
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em} h2{font-size:1.1em;margin-top:2em;border-top:1px solid #ccc;padding-top:1em}
+.panels{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+figure{margin:0;background:#fff;padding:.5em;border:1px solid #ddd}
+figcaption{font-size:.8em;color:#555;max-width:24em;word-break:break-all}
+table{border-collapse:collapse;font-size:.9em} td,th{padding:.2em .6em;border-bottom:1px solid #eee}
+img{display:block;max-width:24em}
+"""
+
+
+def _figure_html(picture: viz.Picture, caption: str, alt: str) -> str:
+    return (
+        f'<figure><img src="{picture.data_uri()}" alt="{html.escape(alt)}"/>'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _class_name(index: int | None, labels: Sequence[str] | None) -> str:
+    if index is not None and labels is not None and index < len(labels):
+        return labels[index]
+    return str(index)
+
+
+@dataclasses.dataclass
+class _Image:
+    """One image's part of the report: its pictures written, its HTML section."""
+
+    path: str
+    maps: dict[str, np.ndarray]  # layer -> (H, W) map
+    acts: dict[str, np.ndarray]  # layer -> (h, w, c) activation
+    scores: np.ndarray  # the model's output row
+    target: int | None
+
+    def write(
+        self, folder: Path, method: str, labels: Sequence[str] | None, top: int, grid: int
+    ) -> tuple[str, list[Path]]:
+        picture = _display_image(self.path)
+        stem = _safe(Path(self.path).stem)
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{score:.4f}</td></tr>"
+            for name, score in _top_classes(self.scores, labels, top)
+        )
+        panels, written = [], []
+        for spec, heatmap in self.maps.items():
+            name = f"{stem}__{_safe(spec)}.png"
+            heat = viz.overlay(picture, heatmap)
+            heat.save(folder / "overlays" / name)
+            written.append(folder / "overlays" / name)
+            features = viz.feature_grid(self.acts[spec], count=grid, order="top")
+            features.save(folder / "grids" / name)
+            panels.append(_figure_html(heat, f"{method} at {spec}", f"{method} {spec}"))
+            panels.append(_figure_html(features, f"top {grid} channels of {spec}", spec))
+        section = (
+            f"<h2>{html.escape(Path(self.path).name)}</h2>"
+            f"<p>explained: {html.escape(_class_name(self.target, labels))}</p>"
+            f"<table><tr><th>class</th><th>score</th></tr>{rows}</table>"
+            f'<div class="panels">{"".join(panels)}</div>'
+        )
+        return section, written
+
+
+def _page(title: str, count: int, failed: list[tuple[str, str]], body: str) -> str:
+    skipped = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in failed)
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"/>'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{count} images"
+        + (f"; skipped {len(failed)}:</p><ul>{skipped}</ul>" if failed else "</p>")
+        + body
+        + "</body></html>"
+    )
+
+
+def write_report(
+    model: Any,
+    inputs: Sequence[str | os.PathLike[str]],
+    layers: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    method: str = "gradcam",
+    target: Any = None,
+    labels: Sequence[str] | None = None,
+    top: int = 5,
+    grid: int = 16,
+    batch_size: int = 32,
+    preprocess: Any = None,
+    size: tuple[int, int] | None = None,
+) -> Report:
+    """Explain image files at ``layers`` and write the overlays and ``index.html`` to ``out``.
+
+    Wide because it is ``layertap explain`` as a function: each option is one flag.
+
+    Example:
+        >>> import keras, tempfile
+        >>> m = keras.Sequential([keras.Input((8, 8, 3)),
+        ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+        ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+        >>> d = Path(tempfile.mkdtemp()); Image.new("RGB", (20, 12), "red").save(d / "a.png")
+        >>> r = write_report(m, [d / "a.png"], ["conv"], d / "report", labels=["cat", "dog"])
+        >>> r.index.name, [p.name for p in r.overlays], r.failed
+        ('index.html', ['a__conv.png'], [])
+    """
+    if method not in METHODS:
+        raise BadSpecError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if not layers:
+        raise BadSpecError("the report needs at least one layer (--layer SPEC)")
+    folder = Path(out)
+    probe = Extractor(model, {_OUTPUT: -1}, preprocess=preprocess, size=size)
+    if probe.image_spec is None:
+        raise BadInputError("the report explains image files; this model takes no images")
+    good, images, failed = _decode(probe.image_spec, [os.fspath(p) for p in inputs])
+    if images is None:
+        shown = "; ".join(f"{p}: {r}" for p, r in failed[:3])
+        raise BadInputError(f"none of the {len(failed)} inputs could be decoded ({shown})")
+    per_layer, acts, g = _maps_per_layer(model, images, layers, method, target, batch_size)
+    for sub in ("overlays", "grids"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    outputs = g.activations[_OUTPUT].reshape(len(good), -1)
+    written: list[Path] = []
+    sections = []
+    for i, path in enumerate(good):
+        one = _Image(
+            path,
+            {spec: per_layer[spec][i] for spec in layers},
+            {spec: acts[spec][i] for spec in layers},
+            outputs[i],
+            None if g.targets is None else int(g.targets[i]),
+        )
+        section, pictures = one.write(folder, method, labels, top, grid)
+        sections.append(section)
+        written.extend(pictures)
+    stats = viz.activation_stats({spec: viz.layer_stats(a) for spec, a in acts.items()})
+    stats.save(folder / "activation_stats.png")
+    sections.append(
+        "<h2>Activation statistics</h2>"
+        + _figure_html(stats, "per layer, over all images", "activation statistics")
+    )
+    title = f"layertap explain: {method} at {', '.join(layers)}"
+    index = folder / "index.html"
+    index.write_text(_page(title, len(good), failed, "".join(sections)), encoding="utf-8")
+    return Report(index, written, good, failed)

@@ -1,0 +1,129 @@
+"""`layertap explain`: the report folder, its self-contained index.html, the CLI's error
+rules, and the page in headless Chromium (skipped with a reason without a browser)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from keras import layers
+from PIL import Image
+
+pytest.importorskip("matplotlib", reason="the report draws with the viz extra")
+
+from layertap.cli import cli  # noqa: E402
+
+LAYERS = ["backbone/conv2", "backbone/conv1"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A nested CNN saved to .keras, four images (one not square) and a broken file."""
+    root = tmp_path_factory.mktemp("explain")
+    keras.utils.set_random_seed(1)
+    x = keras.Input((16, 16, 3))
+    h = layers.Conv2D(6, 3, activation="relu", name="conv1")(x)
+    h = layers.Conv2D(8, 3, activation="relu", name="conv2")(h)
+    backbone = keras.Model(x, h, name="backbone")
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), backbone, layers.GlobalAveragePooling2D(),
+         layers.Dense(3, activation="softmax", name="head")]
+    )  # fmt: skip
+    model.save(root / "model.keras")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(16, 16), (30, 20), (16, 16), (40, 40)]):
+        pixels = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"img{i}.png")
+    (images / "broken.png").write_bytes(b"not a png")
+    (root / "labels.txt").write_text("cat\ndog\nbird\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(folder: Path) -> tuple[Path, object]:
+    out = folder / "report"
+    args = ["explain", str(folder / "model.keras"), str(folder / "images"), "-o", str(out)]
+    for spec in LAYERS:
+        args += ["-l", spec]
+    result = CliRunner().invoke(cli, [*args, "--labels", str(folder / "labels.txt")])
+    return out, result
+
+
+def test_the_report_folder(report: tuple[Path, object]) -> None:
+    out, result = report
+    assert result.exit_code == 1, result.output  # the broken file is skipped and named
+    assert re.search(r"skipped .*broken\.png: ", result.stderr)
+    assert "explained 4 images at 2 layers (gradcam)" in result.stdout
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert len(overlays) == 8 and "img1__backbone_conv2.png" in overlays
+    for png in [*(out / "overlays").iterdir(), *(out / "grids").iterdir()]:
+        with Image.open(png) as img:
+            assert img.format == "PNG" and min(img.size) >= 16
+    with Image.open(out / "overlays" / "img1__backbone_conv2.png") as img:
+        assert img.size[0] > img.size[1]  # the 30x20 image keeps its shape
+    page = (out / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert len(sources) == 4 * 2 * 2 + 1  # overlay + grid per image and layer, + stats
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"https?://|<script|<link", page)  # nothing to fetch
+    assert page.count("<h2>") == 5 and "cat" in page and "broken.png" in page
+
+
+def test_cli_mistakes_are_one_line(folder: Path, tmp_path: Path) -> None:
+    base = ["explain", str(folder / "model.keras"), str(folder / "images" / "img0.png")]
+    cases = {
+        "nope": "no layer named 'nope'",
+        "head": "not a spatial map",
+    }
+    for spec, message in cases.items():
+        result = CliRunner().invoke(cli, [*base, "-l", spec, "-o", str(tmp_path / spec)])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+    result = CliRunner().invoke(
+        cli, [*base, "-l", "backbone/conv1", "-o", str(tmp_path / "x"), "--labels", "/nope.txt"]
+    )
+    assert result.exit_code == 2 and "layertap: error:" in result.stderr
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium (apt-get install -y chromium)")
+def test_the_page_opens_cleanly_in_headless_chromium(report: tuple[Path, object]) -> None:
+    out, _ = report
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND"]  # fmt: skip
+    # A copy with a check script: how many images decoded (naturalWidth > 0).
+    check = out / "check.html"
+    script = (
+        "<script>addEventListener('load',()=>{const i=[...document.images];"
+        "const bad=i.filter(x=>!(x.complete&&x.naturalWidth>0)).length;"
+        "document.title='CHECK '+i.length+' '+bad;console.log('layertap-check');});</script>"
+    )
+    check.write_text((out / "index.html").read_text().replace("</body>", script + "</body>"))
+    run = subprocess.run(
+        [*browser, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
+         "--dump-dom", check.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "<title>CHECK 17 0</title>" in run.stdout
+    console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+    assert len(console) == 1 and "layertap-check" in console[0], console
+    shot = out / "shot.png"
+    subprocess.run(
+        [*browser, "--window-size=1000,800", f"--screenshot={shot}", (out / "index.html").as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("L"), np.float32)
+    assert pixels.shape == (800, 1000) and pixels.std() > 10  # not blank
