@@ -20,7 +20,7 @@ from keras import layers
 from PIL import Image
 
 import layertap
-from layertap.explain.methods import METHODS, explain
+from layertap.explainer.methods import METHODS, explain
 from tests.conftest import to_numpy
 
 

@@ -34,6 +34,7 @@ from layertap._errors import (
 
 if TYPE_CHECKING:
     from layertap.engines.local import ExtractResult, Features, extract
+    from layertap.explainer.methods import Explanation, explain
     from layertap.graph.capture import tap
     from layertap.graph.extractor import Extractor, TapInfo, feature_model, gradients
     from layertap.graph.gradients import Gradients
@@ -55,6 +56,8 @@ _LAZY = {
     "feature_model": "layertap.graph.extractor",
     "gradients": "layertap.graph.extractor",
     "Gradients": "layertap.graph.gradients",
+    "explain": "layertap.explainer.methods",
+    "Explanation": "layertap.explainer.methods",
     "LayerInfo": "layertap.graph.walk",
     "list_layers": "layertap.graph.walk",
     "summary": "layertap.graph.walk",
@@ -70,6 +73,7 @@ __all__ = [
     "AmbiguousLayerError",
     "BadInputError",
     "BadSpecError",
+    "Explanation",
     "ExtractResult",
     "Extractor",
     "Features",
@@ -85,6 +89,7 @@ __all__ = [
     "UnsupportedModelError",
     "UntracedLayerError",
     "__version__",
+    "explain",
     "extract",
     "feature_model",
     "gradients",

@@ -413,7 +413,7 @@ def explain(**flags: Any) -> None:
     image, the layer's feature maps, and the top classes; index.html shows it all and
     needs no network. Images that cannot be decoded are skipped and named (exit 1).
     """
-    from layertap.explain.report import read_labels, write_report
+    from layertap.explainer.report import read_labels, write_report
     from layertap.io.data import expand_inputs
 
     model = _load(flags["model"], flags["custom_objects"], flags["unsafe"])

@@ -57,7 +57,7 @@ def inputs() -> np.ndarray:
 
 def compute(folder: Path) -> dict[str, np.ndarray]:
     """Every pinned map, from the model saved to ``folder`` and loaded back."""
-    from layertap.explain.methods import explain
+    from layertap.explainer.methods import explain
 
     build_model().save(folder / "model.keras")
     model = keras.saving.load_model(folder / "model.keras")

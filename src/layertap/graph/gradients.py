@@ -181,20 +181,40 @@ class GradientRunner:
         import tensorflow as tf
 
         xs = tree.map_structure(tf.convert_to_tensor, x)
-        flat = tree.flatten(xs)
-        with tf.GradientTape() as tape:
-            tape.watch([t for t in flat if _floating(t)])
-            with probing() as seen:
-                out = self.model(xs, training=False)
-            scores, used = score(out, tf.constant(index))
-            total = tf.reduce_sum(scores)
-        at = [seen.seen[k] for k in self.keys]
-        wanted = [t if _floating(t) else None for t in flat]
-        grads = tape.gradient(total, [*at, *[t for t in wanted if t is not None]])
-        tap_grads = dict(zip(self.keys, grads[: len(at)], strict=True))
-        rest = iter(grads[len(at) :])
-        gx = [None if t is None else next(rest) for t in wanted]
-        return out, _zeros_for_none(tap_grads, out), tree.pack_sequence_as(x, gx), scores, used
+        step = self._jitted.get(score)
+        if step is None:  # one tf.function per score, traced per input shape
+            step = self._jitted[score] = tf.function(
+                self._tensorflow_step(score), reduce_retracing=True
+            )
+        out, tap_grads, input_grads, scores, used = step(xs, tf.constant(index))
+        it = iter(input_grads)
+        gx = [next(it) if _floating(t) else None for t in tree.flatten(xs)]
+        return out, dict(tap_grads), tree.pack_sequence_as(x, gx), scores, used
+
+    def _tensorflow_step(self, score: _Score) -> Any:
+        import tensorflow as tf
+
+        model, keys = self.model, self.keys
+
+        def step(xs: Any, index: Any) -> Any:
+            floats = [t for t in tree.flatten(xs) if _floating(t)]
+            with tf.GradientTape() as tape:
+                tape.watch(floats)
+                with probing() as seen:
+                    out = model(xs, training=False)
+                scores, used = score(out, index)
+                total = tf.reduce_sum(scores)
+            at = [seen.seen[k] for k in keys]
+            grads = tape.gradient(total, [*at, *floats])
+            # An unconnected tap or input (after the score, or beside it) has gradient 0.
+            wanted = [*at, *floats]
+            grads = [
+                tf.zeros_like(t) if g is None else g for g, t in zip(grads, wanted, strict=True)
+            ]
+            taps = dict(zip(keys, grads[: len(at)], strict=True))
+            return out, taps, grads[len(at) :], scores, used
+
+        return step
 
     def _torch(self, x: Any, score: _Score, index: np.ndarray) -> tuple[Any, ...]:
         import torch

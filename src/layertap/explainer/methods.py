@@ -9,6 +9,7 @@ then upsampled to the input's (``upsample=True``) and normalised to [0, 1] per i
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from keras import tree
 
 from layertap._errors import BadInputError, BadSpecError
-from layertap.explain import maps
+from layertap.explainer import maps
 from layertap.graph.extractor import Extractor
 from layertap.graph.gradients import Gradients, Target
 
@@ -64,10 +65,32 @@ class Explanation(np.ndarray):
         """The maps side by side, in Jupyter (needs the ``viz`` extra)."""
         if self.ndim != 3:
             return None
-        from layertap.explain.viz import heatmap_row
+        from layertap.explainer.viz import heatmap_row
 
         titles = [f"class {t}" for t in self.info.get("targets") or []] or None
         return heatmap_row(np.asarray(self), titles).png
+
+
+#: The last few extractors ``explain`` built, by (model, layer): a second call on the same
+#: model reuses the walk, the gradient model and its compiled step. Holding the model
+#: keeps its id from being reused while it is here.
+_CACHE: collections.OrderedDict[tuple[int, str], tuple[Any, Extractor]] = (
+    collections.OrderedDict()
+)
+_CACHE_SIZE = 4
+
+
+def _extractor(model: Any, layer: Any) -> Extractor:
+    key = (id(model), repr(layer))
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is model:
+        _CACHE.move_to_end(key)
+        return hit[1]
+    ex = Extractor(model, {_KEY: layer})
+    _CACHE[key] = (model, ex)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return ex
 
 
 def _image_input(ex: Extractor, x: Any) -> np.ndarray:
@@ -110,7 +133,7 @@ def _scorecam(
 ) -> tuple[np.ndarray, Gradients]:
     """Score-CAM: forward passes of the input masked by each channel's map."""
     ex = Extractor(model, {_KEY: layer, "out": -1})
-    g = Extractor(model, {_KEY: layer}).gradients(x, target, batch_size=batch_size)
+    g = _extractor(model, layer).gradients(x, target, batch_size=batch_size)
     acts = g.activations[_KEY]
     if acts.ndim != 4:
         raise BadSpecError(f"scorecam needs a spatial layer; {layer!r} gives {acts.shape}")
@@ -237,7 +260,7 @@ def explain(
     if method not in INPUT_METHODS and layer is None:
         raise BadSpecError(f"{method} needs layer=, a spatial layer of the model")
     # The input methods tap the last layer only to have a tap: they read input gradients.
-    ex = Extractor(model, {_KEY: layer if layer is not None else -1})
+    ex = _extractor(model, layer if layer is not None else -1)
     images = _image_input(ex, x)
     size = images.shape[1:3] if upsample else None
     extra: dict[str, Any] = {}

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from layertap._errors import BadInputError, BadSpecError
-from layertap.explain import maps, viz
-from layertap.explain.methods import CAM_METHODS, INPUT_METHODS, METHODS, explain
+from layertap.explainer import maps, viz
+from layertap.explainer.methods import CAM_METHODS, INPUT_METHODS, METHODS, explain
 from layertap.graph.extractor import Extractor
 from layertap.io.data import Decoder, ImageSpec
 

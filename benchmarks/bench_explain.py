@@ -1,0 +1,209 @@
+"""Grad-CAM at an inner layer of a nested MobileNetV2, next to one plain ``predict``.
+
+A keras.applications MobileNetV2 (160 px, alpha 1.0, ``weights=None``) nested in a
+Sequential head (global average pooling, a 10-class softmax ``Dense``), weights drawn
+from a seeded generator (He-scaled kernels, BatchNorm scales and variances in [0.5,
+1.5]: Keras's default initialisation leaves the logits at ~1e-12), ``--images``
+random images (default 256):
+
+- **ratio**: seconds of ``layertap.explain(model, x, "mobilenetv2_1.00_160/block_13_expand_relu",
+  method="gradcam", batch_size=B)`` (one forward and one backward pass per batch, the
+  maps upsampled to 160 px and normalised) over seconds of ``model.predict(x,
+  batch_size=B)``. Target <= 3.5: a forward plus a backward costs about 3x a forward.
+- **tf-keras-vis** (TensorFlow only, when installed): its ``Gradcam`` on a *flattened*
+  copy of the model (the backbone's layers re-applied in one Functional; tf-keras-vis
+  fails on the nested model), same layer, ``ReplaceToLinear``, ``CategoricalScore`` of
+  the top classes; the largest difference from layertap's maps is printed.
+- diagnostics: ``explain``'s first call on the model (it walks the model, builds the
+  gradient model and traces its step; later calls reuse them, as ``predict`` reuses its
+  compiled function after its warm-up), ``Extractor.gradients`` alone (no maps),
+  ``explain`` at the layer's resolution (``upsample=False``).
+
+Each variant runs once as a warm-up, then ``--repeats`` interleaved rounds; medians.
+
+Usage::
+
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_explain.py
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_explain.py --images 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+LAYER = "block_13_expand_relu"
+
+
+def build(size: int) -> Any:
+    import keras
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), include_top=False, weights=None
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            backbone,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax", name="head"),
+        ]
+    )
+    # Keras's default initialisation (BatchNorm's unit variance, no training) leaves this
+    # deep net's logits at ~1e-12, where maps are float32 noise; these seeded weights keep
+    # every block O(1): He-scaled kernels, BatchNorm scales and variances in [0.5, 1.5].
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    for w in model.weights:
+        shape = tuple(w.shape)
+        if "variance" in w.path or "gamma" in w.path:
+            value = rng.uniform(0.5, 1.5, shape)
+        elif len(shape) >= 2:
+            fan_in = int(np.prod(shape[:-1])) if "depthwise" not in w.path else shape[0] * shape[1]
+            value = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
+        else:
+            value = rng.normal(0, 0.1, shape)
+        w.assign(value.astype("float32"))
+    return model
+
+
+def flattened(model: Any) -> Any:
+    """A copy of the model in one Functional (the backbone's layers at the top level),
+    with the same weights: what tf-keras-vis can take. The copy has its own layers, so
+    each is called once (re-calling the original layers would give them a second node,
+    and ``layer.output``, which tf-keras-vis reads, is the first node's)."""
+    import keras
+
+    backbone, pool, head = model.layers
+    inner = keras.models.clone_model(backbone)
+    inner.set_weights(backbone.get_weights())
+    dense = keras.layers.Dense(head.units, activation=head.activation, name="head")
+    out = dense(keras.layers.GlobalAveragePooling2D()(inner.output))
+    dense.set_weights(head.get_weights())
+    return keras.Model(inner.input, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+
+    import layertap
+    from layertap.explainer import methods
+    from layertap.explainer.methods import explain
+
+    model = build(args.size)
+    backbone = model.layers[0]
+    spec = f"{backbone.name}/{LAYER}"
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (args.images, args.size, args.size, 3)).astype("float32")
+    b = args.batch_size
+    ex = layertap.Extractor(model, {"l": spec})
+
+    variants: dict[str, Callable[[], Any]] = {
+        "predict": lambda: model.predict(x, batch_size=b, verbose=0),
+        "explain": lambda: explain(model, x, spec, batch_size=b),
+        "explain_cold": lambda: (methods._CACHE.clear(), explain(model, x, spec, batch_size=b)),
+        "gradients": lambda: ex.gradients(x, batch_size=b),
+        "explain_small": lambda: explain(model, x, spec, batch_size=b, upsample=False),
+    }
+    peer = None
+    if keras.backend.backend() == "tensorflow":
+        try:
+            from tf_keras_vis.gradcam import Gradcam
+            from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+            from tf_keras_vis.utils.scores import CategoricalScore
+        except ImportError:
+            print("tf-keras-vis not installed: its row is left out")
+        else:
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            flat = flattened(model)
+            top = model.predict(x, batch_size=b, verbose=0).argmax(1)
+            peer = Gradcam(flat, model_modifier=ReplaceToLinear())
+
+            def run_peer() -> Any:
+                maps = [
+                    peer(
+                        CategoricalScore(list(top[i : i + b])),
+                        x[i : i + b],
+                        penultimate_layer=LAYER,
+                        expand_cam=False,
+                    )  # fmt: skip
+                    for i in range(0, len(x), b)
+                ]
+                return np.concatenate(maps)
+
+            variants["tf_keras_vis"] = run_peer
+
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    outs = {k: f() for k, f in variants.items()}
+    warmup = time.perf_counter() - t0
+    agreement = None
+    if "tf_keras_vis" in outs:  # reported, not asserted: see benchmarks/README.md
+        agreement = float(np.abs(np.asarray(outs["explain_small"]) - outs["tf_keras_vis"]).max())
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    for r in range(args.repeats):
+        for k in order[r % len(order) :] + order[: r % len(order)]:
+            t = time.perf_counter()
+            variants[k]()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    backend = keras.backend.backend()
+    engine = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax"}.get(backend, "torch"))
+    print(
+        f"backend={backend} {getattr(engine, '__name__', '')}="
+        f"{getattr(engine, '__version__', '?')} keras={keras.__version__} "
+        f"layertap={layertap.__version__} python={platform.python_version()} "
+        f"cpus={os.cpu_count()} machine={platform.machine()} loadavg "
+        f"before={load0[0]:.2f} after={os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"MobileNetV2 {args.size}px nested in a Sequential, tap {spec}; {args.images} images, "
+        f"batch {b}; median of {args.repeats} interleaved repeats after a warm-up "
+        f"({warmup:.1f} s)"
+    )
+    ratio = med["explain"] / med["predict"]
+    best = min(times["explain"]) / min(times["predict"])
+    rows = [
+        ("model.predict, s", med["predict"], "", ""),
+        ("layertap.explain gradcam (maps at 160 px), s", med["explain"], "", ""),
+        ("ratio explain / predict", ratio, "<= 3.5", ratio <= 3.5),
+        ("  the same ratio by the fastest rounds", best, "", ""),
+        ("  explain, first call (walk, gradient model, trace), s", med["explain_cold"], "", ""),
+        ("  ratio of the first call / predict", med["explain_cold"] / med["predict"], "", ""),
+        ("  Extractor.gradients alone, s", med["gradients"], "", ""),
+        ("  explain at the layer's resolution, s", med["explain_small"], "", ""),
+    ]
+    if "tf_keras_vis" in med:
+        rows.append(("tf-keras-vis Gradcam on a flattened copy, s", med["tf_keras_vis"], "", ""))
+        rows.append(("ratio tf-keras-vis / predict", med["tf_keras_vis"] / med["predict"], "", ""))
+        rows.append(("max |layertap - tf-keras-vis| of the [0, 1] maps", agreement, "", ""))
+    print(f"{'measure':56} {'value':>8} {'target':>8}  ok")
+    for name, value, target, ok in rows:
+        mark = "" if ok == "" else ("yes" if ok else "NO")
+        print(f"{name:56} {value:8.2f} {target:>8}  {mark}")
+    print("all repeats (s):")
+    for k, v in times.items():
+        print(f"  {k:14s} " + " ".join(f"{t:.2f}" for t in v))
+
+
+if __name__ == "__main__":
+    main()
