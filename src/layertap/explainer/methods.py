@@ -74,9 +74,7 @@ class Explanation(np.ndarray):
 #: The last few extractors ``explain`` built, by (model, layer): a second call on the same
 #: model reuses the walk, the gradient model and its compiled step. Holding the model
 #: keeps its id from being reused while it is here.
-_CACHE: collections.OrderedDict[tuple[int, str], tuple[Any, Extractor]] = (
-    collections.OrderedDict()
-)
+_CACHE: collections.OrderedDict[tuple[int, str], tuple[Any, Extractor]] = collections.OrderedDict()
 _CACHE_SIZE = 4
 
 
