@@ -3,6 +3,7 @@ rules, and the page in headless Chromium (skipped with a reason without a browse
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
@@ -127,3 +128,22 @@ def test_the_page_opens_cleanly_in_headless_chromium(report: tuple[Path, object]
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("L"), np.float32)
     assert pixels.shape == (800, 1000) and pixels.std() > 10  # not blank
+
+
+def test_pictures_show_inline_in_jupyter(rng: np.random.Generator) -> None:
+    import layertap
+    from layertap.explainer import viz
+
+    grid = viz.feature_grid(rng.random((6, 6, 5)).astype("float32"), count=4, order="first")
+    assert grid._repr_png_().startswith(b"\x89PNG")
+    assert grid._repr_html_().startswith('<img src="data:image/png;base64,')
+    assert viz.grid_channels(np.arange(5.0)[None, None].repeat(2, 0), 3, "top").tolist() == [
+        4,
+        3,
+        2,
+    ]
+    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(2, 3, name="c"),
+                              layers.GlobalAveragePooling2D(), layers.Dense(2)])  # fmt: skip
+    cam = layertap.explain(model, rng.random((2, 8, 8, 3)).astype("float32"), "c")
+    with Image.open(io.BytesIO(cam._repr_png_())) as img:
+        assert img.format == "PNG" and img.size[0] > img.size[1]  # two maps side by side

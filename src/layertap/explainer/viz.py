@@ -24,6 +24,7 @@ __all__ = [
     "Picture",
     "activation_stats",
     "feature_grid",
+    "grid_channels",
     "heatmap_row",
     "layer_stats",
     "overlay",
@@ -161,6 +162,20 @@ def heatmap_row(maps: np.ndarray, titles: Sequence[str] | None = None) -> Pictur
     return _png(figure)
 
 
+def grid_channels(activation: np.ndarray, count: int, order: str) -> np.ndarray:
+    """The channels a feature-map grid shows: the first ``count``, or the ``count`` with
+    the largest mean activation (``"top"``, largest first).
+
+    Example:
+        >>> a = np.stack([np.full((2, 2), v) for v in (0.1, 0.9, 0.5)], axis=-1)
+        >>> grid_channels(a, 2, "first").tolist(), grid_channels(a, 2, "top").tolist()
+        ([0, 1], [1, 2])
+    """
+    if order == "first":
+        return np.arange(min(count, activation.shape[-1]))
+    return np.argsort(-activation.mean(axis=(0, 1)), kind="stable")[:count]
+
+
 def feature_grid(
     activation: np.ndarray, *, count: int = 16, order: str = "top", title: str | None = None
 ) -> Picture:
@@ -180,11 +195,7 @@ def feature_grid(
         )
     if order not in ("first", "top"):
         raise BadInputError(f"order {order!r}: valid are 'first' and 'top'")
-    channels = (
-        np.arange(min(count, a.shape[-1]))
-        if order == "first"
-        else np.argsort(-a.mean(axis=(0, 1)), kind="stable")[:count]
-    )
+    channels = grid_channels(a, count, order)
     columns = int(np.ceil(np.sqrt(len(channels))))
     rows = int(np.ceil(len(channels) / columns))
     figure = _figure(1.4 * columns, 1.5 * rows + (0.3 if title else 0))
