@@ -249,3 +249,21 @@ def test_an_integer_input_has_no_gradient_but_its_embedding_does(
     d, out = model.get_layer("d"), model.get_layer("out")
     rest = lambda e: to_numpy(out(keras.ops.mean(d(e.astype("float32")), axis=1)))[:, 1]  # noqa: E731
     assert_grad(g.gradients["emb"], finite_differences(rest, g.activations["emb"]))
+
+
+def test_the_logits_of_a_softmax_dense_inside_a_nested_head(rng: np.random.Generator) -> None:
+    head = keras.Sequential(
+        [keras.Input((5,)), layers.Dense(4, activation="tanh", name="h2"),
+         layers.Dense(3, activation="softmax", name="cls")], name="headnet"
+    )  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((4,)), layers.Dense(5, activation="tanh", name="h"), head]
+    )
+    x = rng.normal(size=(2, 4)).astype("float32")
+    g = layertap.gradients(model, x, ["h"], target=1)
+    cls, h2 = head.get_layer("cls"), head.get_layer("h2")
+    logits = lambda v: keras.ops.matmul(h2(v.astype("float32")), cls.kernel) + cls.bias  # noqa: E731
+    np.testing.assert_allclose(g.output, to_numpy(logits(g.activations["h"])), rtol=1e-5, atol=1e-5)
+    assert cls.activation is keras.activations.softmax  # the user's layer is unchanged
+    want = finite_differences(lambda v: to_numpy(logits(v))[:, 1], g.activations["h"])
+    assert_grad(g.gradients["h"], want)
