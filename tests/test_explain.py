@@ -180,7 +180,11 @@ def test_every_backend_gives_the_tensorflow_maps_of_a_saved_nested_mobilenet(
     got = compute(Path(str(tmp_path)))
     assert sorted(got) == sorted(golden.files)
     for method, maps in got.items():
-        np.testing.assert_allclose(maps, golden[method], rtol=0, atol=2e-3, err_msg=method)
+        # Grad-CAM++'s alphas divide by 2 g^2 + sum(A) g^3, which nears 0 at some positions:
+        # float32 differences between backends' gradients (~1e-6) grow to ~1e-2 there
+        # (measured: JAX 8.5e-3, torch 8.6e-4); every other map agrees to ~1e-6.
+        tol = 2e-2 if method == "gradcam++" else 2e-5
+        np.testing.assert_allclose(maps, golden[method], rtol=0, atol=tol, err_msg=method)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf-keras-vis runs on TF only")
