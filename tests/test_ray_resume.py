@@ -23,6 +23,13 @@ from PIL import Image
 
 pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
+# ~55 s a run: the resume logic (parts, fingerprints, renames, what is rerun) is the
+# engine's, the same on every backend, so it runs once; tests/test_ray.py runs the Ray
+# engine's values on every backend.
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the Ray resume logic does not depend on the backend; checked on TensorFlow",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
