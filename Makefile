@@ -100,7 +100,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	@set -e; found=0; for script in benchmarks/*.py; do \
+	@set -e; found=0; for script in benchmarks/[!_]*.py; do \
 		[ -f "$$script" ] || continue; found=1; \
 		echo "== $$script"; $(BIN)/python "$$script"; \
 	done; \

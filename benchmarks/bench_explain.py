@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
+
+from _timing import environment, interleaved
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -158,23 +158,9 @@ def main() -> None:
     agreement = None
     if "tf_keras_vis" in outs:  # reported, not asserted: see benchmarks/README.md
         agreement = float(np.abs(np.asarray(outs["explain_small"]) - outs["tf_keras_vis"]).max())
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(args.repeats):
-        for k in order[r % len(order) :] + order[: r % len(order)]:
-            t = time.perf_counter()
-            variants[k]()
-            times[k].append(time.perf_counter() - t)
+    times = interleaved(variants, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
-    backend = keras.backend.backend()
-    engine = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax"}.get(backend, "torch"))
-    print(
-        f"backend={backend} {getattr(engine, '__name__', '')}="
-        f"{getattr(engine, '__version__', '?')} keras={keras.__version__} "
-        f"layertap={layertap.__version__} python={platform.python_version()} "
-        f"cpus={os.cpu_count()} machine={platform.machine()} loadavg "
-        f"before={load0[0]:.2f} after={os.getloadavg()[0]:.2f}"
-    )
+    print(environment(load0[0]))
     print(
         f"MobileNetV2 {args.size}px nested in a Sequential, tap {spec}; {args.images} images, "
         f"batch {b}; median of {args.repeats} interleaved repeats after a warm-up "
@@ -184,7 +170,7 @@ def main() -> None:
     best = min(times["explain"]) / min(times["predict"])
     rows = [
         ("model.predict, s", med["predict"], "", ""),
-        ("layertap.explain gradcam (maps at 160 px), s", med["explain"], "", ""),
+        (f"layertap.explain gradcam (maps at {args.size} px), s", med["explain"], "", ""),
         ("ratio explain / predict", ratio, "<= 3.5", ratio <= 3.5),
         ("  the same ratio by the fastest rounds", best, "", ""),
         ("  explain, first call (walk, gradient model, trace), s", med["explain_cold"], "", ""),

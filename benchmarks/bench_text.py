@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _timing import environment, interleaved
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -185,13 +185,7 @@ def main() -> None:
         got = f["emb"][:]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    for r in range(args.repeats):
-        for k in order[r % len(order) :] + order[: r % len(order)]:
-            t = time.perf_counter()
-            variants[k]()
-            times[k].append(time.perf_counter() - t)
+    times = interleaved(variants, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     n = len(texts)
     rate = {k: n / med[k] for k in ("extract", "predict", "truncated", "tokenize", "on_batch")}
@@ -199,16 +193,7 @@ def main() -> None:
     fixed = med["extract_1"] - batch / marginal  # time = fixed + rows / marginal
     ratio = rate["extract"] / rate["predict"]
 
-    backend = keras.backend.backend()
-    engine = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax"}.get(backend, "torch"))
-    print(
-        f"backend={backend} {getattr(engine, '__name__', '')}="
-        f"{getattr(engine, '__version__', '?')} keras={keras.__version__} "
-        f"keras_hub={keras_hub.__version__} layertap={layertap.__version__} "
-        f"python={platform.python_version()} cpus={os.cpu_count()} "
-        f"machine={platform.machine()} loadavg before={load0[0]:.2f} "
-        f"after={os.getloadavg()[0]:.2f}"
-    )
+    print(environment(load0[0], keras_hub=keras_hub.__version__))
     print(
         f"BertBackbone ({args.config}) {num_layers} layers, {num_heads} heads, hidden {hidden}, "
         f"vocabulary {vocabulary_size or len(vocab)} (tokenizer {len(vocab)}); tap {layer} "

@@ -123,7 +123,7 @@ def dinov2() -> tuple[Any, Inputs]:
     return model, _images((16, 16, 3))
 
 
-def resnet() -> tuple[Any, Inputs]:
+def resnet(image_shape: tuple[int | None, ...] = (16, 16, 3)) -> tuple[Any, Inputs]:
     import keras_hub
 
     model = keras_hub.models.ResNetBackbone(
@@ -133,7 +133,7 @@ def resnet() -> tuple[Any, Inputs]:
         stackwise_num_blocks=[1, 1],
         stackwise_num_strides=[1, 2],
         block_type="basic_block",
-        image_shape=(16, 16, 3),
+        image_shape=image_shape,
     )
     return model, _images((16, 16, 3))
 

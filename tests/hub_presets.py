@@ -144,15 +144,9 @@ def resnet_preset(directory: Path) -> tuple[Any, Any]:
     """
     import keras_hub
 
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 32],
-        stackwise_num_blocks=[1, 1],
-        stackwise_num_strides=[1, 2],
-        block_type="basic_block",
-        image_shape=(None, None, 3),
-    )
+    from tests.hub_backbones import resnet
+
+    backbone, _ = resnet(image_shape=(None, None, 3))
     backbone.save_to_preset(str(directory))
     converter = keras_hub.layers.ResNetImageConverter(
         image_size=(20, 20), scale=1 / 127.5, offset=-1.0, crop_to_aspect_ratio=False

@@ -222,3 +222,18 @@ def test_tf_keras_vis_gives_the_same_maps_on_a_flat_model(
         theirs = peer(score, images, penultimate_layer="conv2", expand_cam=False)
         ours = explain(model, images, "conv2", method=method, target=target, upsample=False)
     np.testing.assert_allclose(ours, np.asarray(theirs), rtol=0, atol=1e-4)
+
+
+def test_scorecam_runs_forward_passes_only(
+    cnn: keras.Model, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_backward(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Score-CAM took a gradient")
+
+    monkeypatch.setattr(layertap.Extractor, "gradients", no_backward)
+    got = explain(cnn, images, "backbone/conv2", method="scorecam", target=[0, 1, 2])
+    assert got.shape == (3, 10, 10) and got.info["targets"] == [0, 1, 2]
+    probs = to_numpy(cnn(images))
+    np.testing.assert_allclose(got.info["scores"], probs[np.arange(3), [0, 1, 2]], rtol=1e-5)
+    with pytest.raises(layertap.BadSpecError, match="scorecam target"):
+        explain(cnn, images, "backbone/conv2", method="scorecam", target=lambda t: t)

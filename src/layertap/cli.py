@@ -133,6 +133,29 @@ def _model_options(f: Any) -> Any:
     return f
 
 
+def _image_options(f: Any) -> Any:
+    """--preprocess, --size and --resize: how image files become model inputs."""
+    f = click.option(
+        "--resize",
+        type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
+        default="bilinear",
+        show_default=True,
+        help="Resize filter.",
+    )(f)
+    f = click.option(
+        "--size", metavar="HxW", default=None, help="Image size, for a model that takes any size."
+    )(f)
+    f = click.option(
+        "--preprocess",
+        metavar="NAME",
+        default=None,
+        help="none, rescale (x/255), tf ([-1, 1]), caffe (BGR, mean subtracted), torch "
+        "(ImageNet mean/std), or module:function. Default: a keras-hub preset's image "
+        "converter, else rescale for images; none for .npy.",
+    )(f)
+    return f
+
+
 def _load(model: Path, custom_objects: Sequence[str], unsafe: bool) -> Any:
     from layertap.engines.run import ModelSource
 
@@ -237,23 +260,7 @@ def layers(
     help="Reduce taps (repeatable): keep, flatten, avg, max. NAME alone applies to "
     "every tap, KEY=NAME to one (KEY: an alias or canonical path). Default: keep.",
 )
-@click.option(
-    "--preprocess",
-    metavar="NAME",
-    default=None,
-    help="none, rescale (x/255), tf ([-1, 1]), caffe (BGR, mean subtracted), torch "
-    "(ImageNet mean/std), or module:function. Default: rescale for images, none for .npy.",
-)
-@click.option(
-    "--size", metavar="HxW", default=None, help="Image size, for a model that takes any size."
-)
-@click.option(
-    "--resize",
-    type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
-    default="bilinear",
-    show_default=True,
-    help="Resize filter.",
-)
+@_image_options
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding threads.")
 @click.option(
     "--text-column",
@@ -396,13 +403,7 @@ def extract(**flags: Any) -> None:
 @click.option("--grid", type=click.IntRange(min=1), default=16, show_default=True,
               help="Feature maps per layer in the grids.")  # fmt: skip
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--preprocess",
-    default=None,
-    help="Image preprocessing: rescale, tf, caffe, torch, none, or module:function "
-    "(default: the preset's converter, else rescale).",
-)
-@click.option("--size", default=None, metavar="HxW", help="Image size for any-size models.")
+@_image_options
 @_model_options
 def explain(**flags: Any) -> None:
     """Explain what MODEL looks at in each IMAGE, and write a report to DIR.
@@ -431,6 +432,7 @@ def explain(**flags: Any) -> None:
         batch_size=flags["batch_size"],
         preprocess=flags["preprocess"],
         size=_parse_size(flags["size"]),
+        resize=flags["resize"],
     )
     for path, reason in report.failed:
         click.echo(f"layertap: skipped {path}: {reason}", err=True)

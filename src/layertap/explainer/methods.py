@@ -78,13 +78,13 @@ _CACHE: collections.OrderedDict[tuple[int, str], tuple[Any, Extractor]] = collec
 _CACHE_SIZE = 4
 
 
-def _extractor(model: Any, layer: Any) -> Extractor:
-    key = (id(model), repr(layer))
+def _extractor(model: Any, taps: dict[str, Any]) -> Extractor:
+    key = (id(model), repr(taps))
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is model:
         _CACHE.move_to_end(key)
         return hit[1]
-    ex = Extractor(model, {_KEY: layer})
+    ex = Extractor(model, taps)
     _CACHE[key] = (model, ex)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -126,16 +126,35 @@ def _layer_maps(
     return CAM_METHODS[method](acts, grads), g
 
 
+def _classes(target: Target, top: np.ndarray) -> np.ndarray:
+    """Score-CAM's class per row: ``top`` (each row's best) for ``None``, else ``target``."""
+    if target is None:
+        return top
+    index = np.asarray(target)
+    if callable(target) or isinstance(target, tuple) or not np.issubdtype(index.dtype, np.integer):
+        raise BadSpecError(
+            f"scorecam target {target!r}: give None (each image's top class), a class index "
+            "or one index per image"
+        )
+    index = np.broadcast_to(index, top.shape) if index.ndim == 0 else index
+    if index.shape != top.shape:
+        raise BadSpecError(f"target has {index.size} indices for {len(top)} images")
+    return index.astype(np.int64)
+
+
 def _scorecam(
-    model: Any, x: np.ndarray, layer: str, target: Target, batch_size: int, max_channels: int
-) -> tuple[np.ndarray, Gradients]:
-    """Score-CAM: forward passes of the input masked by each channel's map."""
-    ex = Extractor(model, {_KEY: layer, "out": -1})
-    g = _extractor(model, layer).gradients(x, target, batch_size=batch_size)
-    acts = g.activations[_KEY]
+    ex: Extractor, x: np.ndarray, target: Target, batch_size: int, max_channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score-CAM, forward passes only: the layer's channels weighted by the model's output
+    (``ex`` taps the layer and ``"out"``, the last layer) for the input masked by each
+    channel's map. Returns maps, classes and scores."""
+    first = ex.predict(x, batch_size=batch_size)
+    acts, outputs = first[_KEY], first["out"].reshape(len(x), -1)
     if acts.ndim != 4:
-        raise BadSpecError(f"scorecam needs a spatial layer; {layer!r} gives {acts.shape}")
-    classes = np.asarray(g.targets)
+        raise BadSpecError(
+            f"scorecam needs a spatial layer; {ex.places[_KEY].path!r} gives {acts.shape}"
+        )
+    classes = _classes(target, outputs.argmax(axis=1))
     out = np.zeros(acts.shape[:3], np.float32)
     for i in range(len(x)):
         order = np.argsort(-acts[i].var(axis=(0, 1)))[:max_channels]
@@ -148,7 +167,7 @@ def _scorecam(
         weights = np.zeros(acts.shape[-1], np.float32)
         weights[order] = np.concatenate(scores)
         out[i] = maps.weighted_sum(acts[i][None], weights[None])[0]
-    return out, g
+    return out, classes, outputs[np.arange(len(x)), classes]
 
 
 def _input_grads(
@@ -183,7 +202,11 @@ def _integrated(
     total = np.zeros_like(x)
     for j in range(steps + 1):
         alpha = j / steps
-        step = ex.gradients(baseline + alpha * (x - baseline), classes, batch_size=batch_size)
+        step = (
+            g  # the path ends at x: its gradients are the first pass's
+            if j == steps
+            else ex.gradients(baseline + alpha * (x - baseline), classes, batch_size=batch_size)
+        )
         weight = 0.5 if j in (0, steps) else 1.0
         total += weight * np.asarray(step.input_gradients)
         if j == 0:
@@ -258,16 +281,19 @@ def explain(
     if method not in INPUT_METHODS and layer is None:
         raise BadSpecError(f"{method} needs layer=, a spatial layer of the model")
     # The input methods tap the last layer only to have a tap: they read input gradients.
-    ex = _extractor(model, layer if layer is not None else -1)
+    taps = {_KEY: layer if layer is not None else -1}
+    ex = _extractor(model, {**taps, "out": -1} if method == "scorecam" else taps)
     images = _image_input(ex, x)
     size = images.shape[1:3] if upsample else None
     extra: dict[str, Any] = {}
+    if method == "scorecam":
+        raw, classes, scores = _scorecam(
+            ex, images, target, batch_size, options.get("max_channels", 64)
+        )
+        info = {"targets": classes.tolist(), "scores": scores.tolist()}
+        return _finish(raw, size, {"method": method, "layer": layer, **info})
     if method in CAM_METHODS:
         raw, g = _layer_maps(ex, images, method, target, batch_size)
-    elif method == "scorecam":
-        raw, g = _scorecam(
-            model, images, layer, target, batch_size, options.get("max_channels", 64)
-        )
     elif method == "saliency":
         grads, g = _input_grads(ex, images, target, batch_size)
         raw = np.abs(grads).max(axis=-1)
@@ -285,4 +311,4 @@ def explain(
         "scores": g.scores.tolist(),
         **extra,
     }
-    return _finish(raw, size if upsample else None, info)
+    return _finish(raw, size, info)

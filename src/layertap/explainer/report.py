@@ -235,6 +235,7 @@ def write_report(
     batch_size: int = 32,
     preprocess: Any = None,
     size: tuple[int, int] | None = None,
+    resize: str = "bilinear",
 ) -> Report:
     """Explain image files at ``layers`` and write the overlays and ``index.html`` to ``out``.
 
@@ -255,7 +256,7 @@ def write_report(
     if not layers:
         raise BadSpecError("the report needs at least one layer (--layer SPEC)")
     folder = Path(out)
-    probe = Extractor(model, {_OUTPUT: -1}, preprocess=preprocess, size=size)
+    probe = Extractor(model, {_OUTPUT: -1}, preprocess=preprocess, size=size, resize=resize)
     if probe.image_spec is None:
         raise BadInputError("the report explains image files; this model takes no images")
     good, images, failed = _decode(probe.image_spec, [os.fspath(p) for p in inputs])

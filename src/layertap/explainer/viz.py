@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from layertap._errors import BadInputError, require
+from layertap.explainer.maps import upsample
 
 __all__ = [
     "Picture",
@@ -134,11 +135,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> P
     """
     rgb = to_rgb(image)
     height, width = rgb.shape[:2]
-    heat = np.asarray(heatmap, np.float32)
-    if heat.shape != (height, width):
-        heat = np.asarray(
-            Image.fromarray(heat, mode="F").resize((width, height), Image.Resampling.BILINEAR)
-        )
+    heat = upsample(np.asarray(heatmap, np.float32)[None], (height, width))[0]
     colours = _colormap(HEATMAP_CMAP)(np.clip(heat, 0, 1))[..., :3] * 255.0
     blended = (1 - alpha) * rgb.astype(np.float32) + alpha * colours
     return Picture.from_array(np.clip(blended, 0, 255).round().astype(np.uint8))

@@ -534,13 +534,7 @@ preprocessor (or a layertap.Preset)
         at the end, each batch is copied once into its place: large feature maps cost
         one copy, and memory is the result plus one batch.
         """
-        lengths = {int(_shape(a)[0]) for a in tree.flatten(x)}  # type: ignore[index,arg-type]
-        if len(lengths) != 1:
-            raise BadInputError(
-                f"input arrays have different numbers of rows {sorted(lengths)}; "
-                "every input needs one row per example"
-            )
-        n = lengths.pop()
+        n = check_rows(x)
         results = {
             key: np.empty((n, *(int(d) for d in info.shape[1:] if d is not None)), info.dtype)
             for key, info in self.outputs.items()

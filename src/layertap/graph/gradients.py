@@ -310,9 +310,12 @@ def check_rows(x: Any) -> int:
         >>> check_rows({"a": np.ones((3, 2)), "b": np.ones((3,))})
         3
     """
-    lengths = {int(np.shape(a)[0]) for a in tree.flatten(x)}
+    lengths = {int(a.shape[0] if hasattr(a, "shape") else np.shape(a)[0]) for a in tree.flatten(x)}
     if len(lengths) != 1:
-        raise BadInputError(f"input arrays have different numbers of rows {sorted(lengths)}")
+        raise BadInputError(
+            f"input arrays have different numbers of rows {sorted(lengths)}; "
+            "every input needs one row per example"
+        )
     return lengths.pop()
 
 
