@@ -35,7 +35,7 @@ from layertap.graph.walk import (
     graph_nodes,
     inner_graph,
     input_names,
-    root_inputs,
+    root_input_candidates,
 )
 
 __all__ = ["SCORE_KEY", "build_model", "needed_inputs"]
@@ -272,7 +272,11 @@ def build_model(
             model_inputs = [inputs[i] for i in keep]
         keys = [*taps, SCORE_KEY] if score else list(taps)
         return keras.Model(model_inputs, {key: outputs[key] for key in keys}, name=name)
-    specs = root_inputs(model, input_shape)
+    # The inputs the places were traced on: the build's recorded sizes left free where
+    # the model's code allowed it (walk.root_input_candidates).
+    specs = next((p.root_inputs for p in taps.values() if p.root_inputs is not None), None)
+    if specs is None:
+        specs = root_input_candidates(model, input_shape)[-1]
     inputs = tree.map_structure(lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype), specs)
     captures = [(key, place.event) for key, place in taps.items() if place.event is not None]
     shapes = {key: (place.output_shape, place.dtype) for key, place in taps.items()}

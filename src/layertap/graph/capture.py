@@ -37,10 +37,12 @@ __all__ = [
     "Probe",
     "Probing",
     "TraceFailure",
+    "layer_attributes",
     "layer_paths",
     "output_spec",
     "probe",
     "probing",
+    "scopes_restored",
     "tap",
     "trace",
 ]
@@ -284,17 +286,74 @@ def layer_paths(root: Any) -> dict[int, str]:
         >>> sorted(layer_paths(b).values())
         ['', 'proj']
     """
-    paths = {id(root): ""}
+    return {layer_id: path for layer_id, path, _ in _layer_tree(root)}
+
+
+def layer_attributes(root: Any) -> dict[int, str]:
+    """``{id(layer): how its parent holds it}`` for every layer :func:`layer_paths` lists.
+
+    That is the attribute name the parent assigned it to (``fc6_1``), ``name/i`` for the
+    i-th layer of a list attribute and ``name/key`` for a dict attribute, or, for a
+    layer its parent holds in no public attribute (a Sequential's layers, Keras's own
+    private sublayers), the layer's name. Joined down the tree, these are the paths by
+    which the author's code reaches each layer (``self.blocks[0].proj``: ``blocks/0/proj``).
+
+    Example:
+        >>> class Net(keras.layers.Layer):
+        ...     def __init__(self, **kw):
+        ...         super().__init__(**kw)
+        ...         self.fc6_1 = keras.layers.Dense(2, name="fc6-1")
+        ...         self.blocks = [keras.layers.Dense(2, name="d0")]
+        ...     def call(self, x):
+        ...         return self.fc6_1(self.blocks[0](x))
+        >>> net = Net()
+        >>> sorted(layer_attributes(net).values())
+        ['', 'blocks/0', 'fc6_1']
+    """
+    return {layer_id: attribute for layer_id, _, attribute in _layer_tree(root)}
+
+
+_ATTRIBUTE_PART = re.compile(r"^[^@:/*?\[\]]+$")
+
+
+def _attribute_names(layer: Any) -> dict[int, str]:
+    """``{id(sublayer): attribute path}`` for the layers ``layer`` holds in public attributes."""
+    names: dict[int, str] = {}
+    items = list(vars(layer).items())
+    if callable(getattr(layer, "named_children", None)):  # torch: sublayers are in _modules
+        items += list(layer.named_children())
+    for key, value in items:
+        if key.startswith("_"):
+            continue
+        if isinstance(value, keras.layers.Layer):
+            names.setdefault(id(value), key)
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, keras.layers.Layer):
+                    names.setdefault(id(item), f"{key}/{i}")
+        elif isinstance(value, Mapping):
+            for k, item in value.items():
+                if isinstance(item, keras.layers.Layer) and _ATTRIBUTE_PART.match(str(k)):
+                    names.setdefault(id(item), f"{key}/{k}")
+    return names
+
+
+def _layer_tree(root: Any) -> list[tuple[int, str, str]]:
+    """``(id, path by names, attribute)`` for ``root`` and its tracked layers, breadth first."""
+    found = [(id(root), "", "")]
+    seen = {id(root)}
     queue = [(root, "")]
     while queue:
         layer, prefix = queue.pop(0)
+        attributes = _attribute_names(layer)
         for child in ki.tracked_layers(layer):
-            if id(child) in paths or isinstance(child, keras.layers.InputLayer):
+            if id(child) in seen or isinstance(child, keras.layers.InputLayer):
                 continue
             path = f"{prefix}/{child.name}" if prefix else child.name
-            paths[id(child)] = path
+            seen.add(id(child))
+            found.append((id(child), path, attributes.get(id(child), child.name)))
             queue.append((child, path))
-    return paths
+    return found
 
 
 @contextlib.contextmanager
@@ -370,7 +429,7 @@ def _brief(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _scopes_restored() -> Iterator[None]:
+def scopes_restored() -> Iterator[None]:
     """Put Keras's name-scope stack back as it was, even when a trace fails inside one.
 
     A call that fails while TensorFlow refuses a scope name (``'_x' is not a valid root
@@ -457,14 +516,14 @@ def output_spec(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> An
         (None, 2)
     """
     try:
-        with _scopes_restored():
+        with scopes_restored():
             return layer.compute_output_spec(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - user code; retried on concrete inputs below
         failure = error
     args, kwargs = tree.map_structure(_dense, (tuple(args), dict(kwargs)))
     for fills in _FILLS:
         try:
-            with _scopes_restored():
+            with scopes_restored():
                 first, second = _run_filled(layer, args, kwargs, fills)
             return tree.map_structure(_merged_spec, first, second)
         except Exception:  # noqa: BLE001, S112 - the next, larger sizes may work
@@ -496,7 +555,7 @@ def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tupl
     args, kwargs = tree.map_structure(_dense, (tuple(args), dict(kwargs)))
     failures = []
     try:
-        with _scopes_restored():
+        with scopes_restored():
             return _trace_symbolic(root, args, kwargs)
     except Exception as error:  # noqa: BLE001 - any failure of user code; reported below
         failures.append(f"symbolic trace: {_brief(error)}")
@@ -504,7 +563,7 @@ def trace(root: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tupl
     if any(d is None for x in specs for d in x.shape):
         for fills in _FILLS:
             try:
-                with _scopes_restored():
+                with scopes_restored():
                     return _trace_concrete(root, args, kwargs, fills)
             except Exception as error:  # noqa: BLE001
                 failures.append(f"run with unknown sizes = {fills[0]}: {_brief(error)}")

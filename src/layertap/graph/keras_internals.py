@@ -24,6 +24,7 @@ __all__ = [
     "build_shapes",
     "call_has_training_arg",
     "compute_output_spec",
+    "direct_layers",
     "flatten_layers",
     "history_operation",
     "history_tensor_index",
@@ -94,6 +95,12 @@ def producing_node(tensor: Any) -> Any:
 def flatten_layers(root: Any, *, include_self: bool) -> list[Any]:
     """``Layer._flatten_layers(recursive=True)``: ``root``'s tracked layers at any depth."""
     return list(root._flatten_layers(include_self=include_self, recursive=True))
+
+
+def direct_layers(layer: Any) -> list[Any]:
+    """``Layer._flatten_layers(recursive=False)``: the layers ``layer`` tracks, in the
+    order its attributes were set."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def tracked_layers(layer: Any) -> list[Any]:

@@ -48,9 +48,11 @@ def _quote_all(items: Sequence[str], limit: int = 8) -> str:
 def _not_found(spec: str, places: Sequence[LayerInfo], lead: str) -> LayerNotFoundError:
     """An error that starts with ``lead`` and lists paths or names close to ``spec``."""
     depth = spec.count("/")  # compare like with like: names, or paths as deep as the spec
-    candidates = {p.path for p in places if p.path.count("/") == depth}
+    paths = [p.path for p in places] + [p.alias for p in places if p.alias is not None]
+    candidates = {path for path in paths if path.count("/") == depth}
     if depth == 0:
         candidates |= {p.name for p in places}
+        candidates |= {p.alias.rsplit("/", 1)[-1] for p in places if p.alias is not None}
     close = difflib.get_close_matches(spec, sorted(candidates), n=5, cutoff=0.6)
     tail = f"; close matches: {_quote_all(close)}" if close else ""
     return LayerNotFoundError(f"{lead}{tail}; {_HINT}")
@@ -224,6 +226,11 @@ def _resolve_name(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
 def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[LayerInfo]:
     """Resolve one spec to its places (several for a glob or a multi-output layer).
 
+    A string spec is matched against the canonical paths first, then, when none fits,
+    against the attribute paths (:attr:`LayerInfo.alias`: ``fc6_1`` for
+    ``self.fc6_1 = Dense(4, name="fc6-1")``). So where an alias spells another layer's
+    canonical path, the canonical path wins.
+
     Example:
         >>> import keras
         >>> from layertap.graph.walk import walk
@@ -240,6 +247,29 @@ def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[L
         return _resolve_index(spec, model, places)
     if not spec.strip() or spec != spec.strip():
         raise BadSpecError(f"layer spec {spec!r} is empty or has surrounding spaces")
+    try:
+        return _resolve_text(spec, places)
+    except LayerNotFoundError as error:
+        views = _by_attribute(places)
+        if views is None:
+            raise
+        try:
+            matches = _resolve_text(spec, list(views.values()))
+        except LayerNotFoundError:
+            raise error from None
+        original = {id(view): p for p, view in zip(places, views.values(), strict=True)}
+        return [original[id(view)] for view in matches]
+
+
+def _by_attribute(places: Sequence[LayerInfo]) -> dict[int, LayerInfo] | None:
+    """Every place seen by its attribute path (``None`` when no place has an alias)."""
+    if all(p.alias is None for p in places):
+        return None
+    return {i: p.by_alias() for i, p in enumerate(places)}
+
+
+def _resolve_text(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:
+    """A name, path or glob against the places' ``path`` and ``segments``."""
     if _GLOB_CHARS.search(spec):
         matches = glob_match(spec, places)
         if not matches:

@@ -30,14 +30,24 @@ from layertap.graph.capture import (
     Event,
     TraceFailure,
     has_inner_places,
+    layer_attributes,
     layer_paths,
     output_spec,
+    scopes_restored,
     trace,
 )
 from layertap.graph.keras_internals import Functional
 from layertap.graph.pathglob import glob_match
 
-__all__ = ["LayerInfo", "Segment", "list_layers", "summary", "walk"]
+__all__ = [
+    "LayerInfo",
+    "Segment",
+    "list_layers",
+    "recorded_input_shapes",
+    "root_input_candidates",
+    "summary",
+    "walk",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +71,8 @@ class _Place:
     output_index: int | None
     nodes: tuple[Any, ...]
     event: Event | None = None
+    alias: tuple[Segment, ...] | None = None  # the path by attribute names, where it differs
+    inputs: Any = None  # a top-level root's symbolic inputs, as its trace was made on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +91,9 @@ class LayerInfo:
         trace_error: why the places inside this custom layer could not be listed
             (its ``call()`` failed to trace on this backend), else ``None``. The
             layer's own output is tappable either way.
+        alias: the path by the attribute names the author's code uses (``block3/...``
+            for ``self.block3 = Sequential(...)``, ``blocks/0`` for a list attribute),
+            where it differs from ``path``, else ``None``. A spec may use either.
 
     Read-only, and neither shown nor compared: ``name`` (the layer's own name),
     ``layer`` (the Keras layer object itself), and what layertap itself uses to
@@ -88,7 +103,8 @@ class LayerInfo:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> walk(m)[0]  # doctest: +NORMALIZE_WHITESPACE
         LayerInfo(path='d', index=0, class_name='Dense', output_shape=(None, 2),
-                  dtype='float32', params=8, depth=0, is_model=False, trace_error=None)
+                  dtype='float32', params=8, depth=0, is_model=False, trace_error=None,
+                  alias=None)
         >>> twin = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> walk(twin) == walk(m)  # other layer objects, the same place
         True
@@ -104,6 +120,7 @@ class LayerInfo:
     is_model: bool
     _place: _Place = dataclasses.field(repr=False, compare=False)
     trace_error: str | None = None
+    alias: str | None = None
 
     @property
     def name(self) -> str:
@@ -134,6 +151,30 @@ class LayerInfo:
     def event(self) -> Event | None:
         """Internal: the captured call or tap inside a custom layer, else ``None``."""
         return self._place.event
+
+    @property
+    def alias_segments(self) -> tuple[Segment, ...] | None:
+        """Internal: :attr:`alias` as segments, or ``None`` when there is no alias."""
+        return self._place.alias
+
+    @property
+    def root_inputs(self) -> Any:
+        """Internal: for a place inside a model without a graph, the symbolic inputs its
+        trace was made on (the tap model is built on the same), else ``None``."""
+        return self._place.inputs
+
+    def by_alias(self) -> LayerInfo:
+        """This place seen by its attribute path (itself when it has no alias).
+
+        Example:
+            >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+            >>> walk(m)[0].by_alias().path
+            'd'
+        """
+        if self.alias is None or self._place.alias is None:
+            return self
+        place = dataclasses.replace(self._place, segments=self._place.alias)
+        return dataclasses.replace(self, path=self.alias, _place=place)
 
 
 def inner_graph(layer: Any) -> Functional | None:
@@ -288,9 +329,10 @@ def walk(model: Any, *, input_shape: Any = None) -> list[LayerInfo]:
     """Every tappable place of ``model``, in graph order, nested sub-models expanded.
 
     A model with its own ``call()`` has no graph: its sublayers are found by tracing
-    one symbolic call, on ``input_shape`` or the shape it was built with. For a graph
-    model, ``input_shape`` gives concrete input sizes for tracing custom layers whose
-    code needs them.
+    one symbolic call, on ``input_shape`` or on the shape it was built with (see
+    :func:`root_input_candidates`: the sizes a build recorded are a hint, left free
+    where the model's code allows). For a graph model, ``input_shape`` gives concrete
+    input sizes for tracing custom layers whose code needs them.
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
@@ -299,25 +341,51 @@ def walk(model: Any, *, input_shape: Any = None) -> list[LayerInfo]:
     """
     is_model = isinstance(model, keras.Model)
     top_index = {id(layer): i for i, layer in enumerate(model.layers)} if is_model else {}
-    state = _Walk(top_index)
     graph = inner_graph(model)
     if graph is not None:
+        state = _Walk(top_index)
         specs = None
         if input_shape is not None:
             inputs = graph_input_specs(graph, input_shape)
             specs = dict(zip((id(x) for x in graph.inputs), inputs, strict=True))
         _walk_graph(graph, (), (), state, specs)
         return state.places
-    inputs = root_inputs(model, input_shape)
-    try:
-        _walk_root(model, (inputs,), {}, (), (), state)
-    except TraceFailure as failure:
-        raise UnsupportedModelError(
-            f"model {model.name!r} ({type(model).__name__}) defines its own call(), and "
-            f"tracing it failed ({failure}); pass input_shape= with concrete sizes "
-            "(the shape of one input batch, e.g. (None, 128))"
-        ) from None
-    return state.places
+    candidates = root_input_candidates(model, input_shape)
+    failures = []
+    for inputs in candidates:
+        state = _Walk(top_index)
+        try:
+            _walk_root(model, (inputs,), {}, (), (), state, inputs=inputs)
+        except TraceFailure as failure:
+            failures.append((inputs, failure))
+            continue
+        return state.places
+    raise _untraceable_root(model, input_shape, failures)
+
+
+def _untraceable_root(
+    model: Any, input_shape: Any, failures: list[tuple[Any, TraceFailure]]
+) -> UnsupportedModelError:
+    """The error for a model without a graph that traced on none of its candidate inputs."""
+    inputs, failure = failures[-1]  # the recorded shape, the most specific candidate
+    name = f"{model.name!r} ({type(model).__name__})"
+    if input_shape is not None:
+        return UnsupportedModelError(
+            f"model {name} defines its own call(), and calling it on input_shape="
+            f"{input_shape!r} failed ({failure}); pass the shape of one input batch its "
+            "call() accepts, with concrete sizes (e.g. (None, 224, 224, 3))"
+        )
+    shown = _shape_text(inputs)
+    return UnsupportedModelError(
+        f"model {name} defines its own call(), and calling it on an input of shape {shown} "
+        f"(the shape it was built with) failed ({failure}); pass input_shape= with the shape "
+        f"of one input batch its call() accepts, e.g. input_shape={shown}"
+    )
+
+
+def _shape_text(inputs: Any) -> str:
+    shapes = tree.map_structure(lambda x: tuple(x.shape), inputs)
+    return repr(shapes)
 
 
 def graph_input_specs(graph: Functional, input_shape: Any) -> list[Any]:
@@ -392,34 +460,190 @@ def _is_layer(x: Any) -> bool:
     return isinstance(x, keras.layers.Layer)
 
 
-def root_inputs(model: Any, input_shape: Any = None) -> Any:
-    """Symbolic inputs for a model without a graph, from ``input_shape`` or its build shape.
+def root_input_candidates(model: Any, input_shape: Any = None) -> list[Any]:
+    """Symbolic inputs to trace a model without a graph with, the most general first.
+
+    ``input_shape`` (one batch's shape, a list or a dict of them) is taken as given,
+    its batch size left open. Otherwise the shape the model recorded when it was built
+    (by a call, or by ``build(input_shape)``; for a model whose own ``build()`` built
+    its sublayers by hand, the shape its first sublayer was built with) is a hint: the
+    first candidate leaves every size open but the batch's and the channel (feature)
+    axis's (the last; the second for ``channels_first`` images), the second is the
+    recorded shape itself. The first candidate whose trace succeeds is the model's
+    input: a trace that succeeds on ``None`` sizes (or on two different sizes, merged)
+    means the code takes any size there. The channel axis stays as recorded, since a
+    built layer's symbolic call does not check it (a ``Conv2D`` built on 3 channels
+    traces on ``None``), while its weights fix it.
+
+    Raises :class:`UnsupportedModelError` when nothing records a shape (never built,
+    or built but never called and nothing gives its input).
 
     Example:
-        >>> root_inputs(keras.Sequential([keras.layers.Dense(2)]), (None, 3)).shape
-        (None, 3)
+        >>> net = keras.Sequential([keras.layers.Conv2D(2, 3)])
+        >>> net.build((1, 64, 64, 3))  # an eager build records the batch too
+        >>> [x.shape for x in root_input_candidates(net)]
+        [(None, None, None, 3), (None, 64, 64, 3)]
+        >>> [x.shape for x in root_input_candidates(net, (None, 32, 32, 3))]
+        [(None, 32, 32, 3)]
     """
     if not isinstance(model, keras.Model):
         graph_of(model)  # raises the error for a non-model
-    if input_shape is None:
-        shapes = list(ki.build_shapes(model).values())
-        if len(shapes) != 1:
-            if isinstance(model, keras.Sequential):
-                graph_of(model)  # raises the error for an unbuilt Sequential
-            name = getattr(model, "name", type(model).__name__)
-            raise UnsupportedModelError(
-                f"model {name!r} ({type(model).__name__}) defines its own call() and has "
-                "not been built, so its layers are unknown: call it once on a batch, or "
-                "pass input_shape=(None, ...) (the shape of one input batch)"
-            )
-        input_shape = shapes[0]
+    if input_shape is not None:
+        return [_symbolic(model, input_shape)]
+    recorded = recorded_input_shapes(model)
+    if not recorded:
+        raise _unknown_input_error(model)
+    candidates: list[Any] = []
+    seen: set[str] = set()
+    for shape in recorded:
+        free = _free_sizes(shape)
+        for option in (free, shape) if _runs_at_other_sizes(model, shape) else (shape,):
+            key = repr(option)
+            if key not in seen:
+                seen.add(key)
+                candidates.append(_symbolic(model, option))
+    return candidates
 
+
+def _runs_at_other_sizes(model: Any, shape: Any) -> bool:
+    """Whether ``model`` runs on ``shape`` with every open size changed (64 -> 96, 5 -> 10).
+
+    A symbolic trace on ``None`` sizes does not prove the code takes any size: a built
+    ``Dense`` after a ``Flatten`` traces on ``None``, while its kernel fixes the size.
+    Concrete sizes other than the recorded ones do (the backend checks every op's
+    shapes): first symbolically, then, where the code does not trace symbolically, on
+    a zero batch of one.
+    """
+    free = _free_sizes(shape)
+
+    def other(recorded: Any, opened: Any) -> Any:
+        return tuple(
+            d if o is not None or d is None or i == 0 else (d + 32 if d >= 32 else 2 * d)
+            for i, (d, o) in enumerate(zip(recorded, opened, strict=True))
+        )
+
+    probe = _map_shapes(other, shape, free)
+    if repr(probe) == repr(shape):
+        return False
+    spec = _symbolic(model, probe)
+    try:
+        with scopes_restored():
+            ki.compute_output_spec(lambda x: model(x), spec)
+        return True
+    except Exception:  # noqa: BLE001 - user code; tried on concrete zeros below
+        pass
+    try:
+        with scopes_restored():
+            zeros = tree.map_structure(
+                lambda x: keras.ops.zeros((1, *x.shape[1:]), dtype=x.dtype), spec
+            )
+            model(zeros)
+        return True
+    except Exception:  # noqa: BLE001 - the code does not take these sizes
+        return False
+
+
+def recorded_input_shapes(model: Any) -> list[Any]:
+    """The input shapes a built model recorded, most likely first; ``[]`` when none.
+
+    The model's own build record comes first (one argument: a call, or
+    ``build(input_shape)``). A model whose ``build()`` takes no shape, or built its
+    sublayers by hand, records none; then the first sublayer (in attribute order) that
+    recorded one gives it, looking into nested containers first.
+
+    Example:
+        >>> class Net(keras.Model):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv = keras.layers.Conv2D(2, 3)
+        ...     def build(self):  # builds its sublayers by hand, never called
+        ...         self.conv.build((None, 48, 48, 3))
+        ...         self.built = True
+        ...     def call(self, x):
+        ...         return self.conv(x)
+        >>> net = Net()
+        >>> net.build()
+        >>> recorded_input_shapes(net)
+        [(None, 48, 48, 3)]
+    """
+    own = ki.build_shapes(model)
+    if len(own) == 1:
+        return [next(iter(own.values()))]
+    if own:
+        return []  # several arguments: which one is the input is not known
+    shapes: list[Any] = []
+    for child in ki.direct_layers(model):
+        if isinstance(child, keras.layers.InputLayer):
+            continue
+        first = _first_build_shape(child)
+        if first is not None and first not in shapes:
+            shapes.append(first)
+    return shapes[:3]
+
+
+def _first_build_shape(layer: Any) -> Any:
+    """The shape ``layer`` (or, failing that, its first sublayer that has one) was built with."""
+    own = ki.build_shapes(layer)
+    if len(own) == 1:
+        return next(iter(own.values()))
+    if own:
+        return None
+    for child in ki.direct_layers(layer):
+        if not isinstance(child, keras.layers.InputLayer):
+            return _first_build_shape(child)
+    return None
+
+
+def _map_shapes(fn: Any, shape: Any, *others: Any) -> Any:
+    """``fn`` on each shape of ``shape`` (one shape, or a list or dict of them) and ``others``."""
+    if _is_shape(shape):
+        return fn(shape, *others)
+    if isinstance(shape, dict):
+        return {k: _map_shapes(fn, v, *(o[k] for o in others)) for k, v in shape.items()}
+    return [_map_shapes(fn, v, *(o[i] for o in others)) for i, v in enumerate(shape)]
+
+
+def _free_sizes(shape: Any) -> Any:
+    """``shape`` with every size open (``None``) but the channel axis's.
+
+    The channel axis is the last (or, with ``channels_first`` and 4 or more axes, the
+    second). A 2-D shape (batch, features) has nothing else to open.
+    """
+    if not _is_shape(shape):
+        return _map_shapes(_free_sizes, shape)
+    rank = len(shape)
+    keep = 1 if keras.config.image_data_format() == "channels_first" and rank >= 4 else rank - 1
+    return tuple(d if i == keep else None for i, d in enumerate(shape))
+
+
+def _symbolic(model: Any, input_shape: Any) -> Any:
     def make(shape: Any) -> Any:
         return keras.KerasTensor((None, *tuple(shape)[1:]), dtype=model.compute_dtype)
 
     if _is_shape(input_shape):
         return make(input_shape)
     return tree.map_shape_structure(make, input_shape)
+
+
+def _unknown_input_error(model: Any) -> UnsupportedModelError:
+    """Why a model without a graph has no input to trace, and what to pass."""
+    if isinstance(model, keras.Sequential):
+        graph_of(model)  # raises the error for an unbuilt Sequential
+    name = f"{getattr(model, 'name', type(model).__name__)!r} ({type(model).__name__})"
+    if model.built:
+        shapes = [s for s in map(_first_build_shape, ki.direct_layers(model)) if s is not None]
+        hint = f"input_shape={shapes[0]!r}" if shapes else "input_shape=(None, ...)"
+        more = f" (its sublayers were built with {shapes!r})" if len(shapes) > 1 else ""
+        return UnsupportedModelError(
+            f"model {name} defines its own call() and is built, but was never called, and "
+            f"nothing it recorded gives the shape of its input{more}: pass {hint} (the "
+            "shape of one input batch; a list or dict of shapes for several inputs)"
+        )
+    return UnsupportedModelError(
+        f"model {name} defines its own call() and has not been built, so its layers are "
+        "unknown: call it once on a batch, or pass input_shape=(None, ...) (the shape of "
+        "one input batch)"
+    )
 
 
 def _walk_root(
@@ -429,11 +653,17 @@ def _walk_root(
     prefix: tuple[Segment, ...],
     chain: tuple[Any, ...],
     state: _Walk,
+    inputs: Any = None,
 ) -> None:
-    """Add the places captured inside one call of ``root`` (a custom layer or model)."""
+    """Add the places captured inside one call of ``root`` (a custom layer or model).
+
+    ``inputs``: for a top-level root, the symbolic inputs of this trace (kept with its
+    places, so the tap model is built on the same).
+    """
     events = state.trace(root, args, kwargs)
     top_index, places = state.top_index, state.places
     layers = {path: layer for layer, path in _layers_by_path(root)}
+    attributes = layer_attributes(root)
     totals: dict[tuple[Any, ...], int] = {}  # calls of one layer or tap within its parent call
     for event, _ in events:
         counter = (event.kind, event.path, event.name, event.calls[:-1])
@@ -460,6 +690,11 @@ def _walk_root(
         path = "/".join(str(seg) for seg in full)
         if event.output is not None:
             path += f":{event.output}"
+        by_attribute = _alias_segments(names, segments, event.kind == "tap", layers, attributes)
+        alias = (*prefix, *by_attribute)
+        alias_path = "/".join(str(seg) for seg in alias)
+        if event.output is not None:
+            alias_path += f":{event.output}"
         depth = len(full) - 1
         places.append(
             LayerInfo(
@@ -471,9 +706,42 @@ def _walk_root(
                 params=params,
                 depth=depth,
                 is_model=event.kind == "call" and event.path in parents,
-                _place=_Place(layer, full, event.output, chain, event),
+                _place=_Place(
+                    layer,
+                    full,
+                    event.output,
+                    chain,
+                    event,
+                    alias=None if alias_path == path else alias,
+                    inputs=inputs,
+                ),
+                alias=None if alias_path == path else alias_path,
             )
         )
+
+
+def _alias_segments(
+    names: list[str],
+    segments: list[Segment],
+    is_tap: bool,
+    layers: dict[str, Any],
+    attributes: dict[int, str],
+) -> list[Segment]:
+    """``segments`` (by layer names, below a root) with each layer's attribute name instead.
+
+    A list or dict attribute (``blocks/0``) stands for one layer, so its parts are
+    segments of their own, the last carrying the call index.
+    """
+    alias: list[Segment] = []
+    for i, seg in enumerate(segments):
+        if is_tap and i == len(segments) - 1:
+            alias.append(seg)
+            continue
+        layer = layers["/".join(names[: i + 1])]
+        parts = attributes.get(id(layer), seg.name).split("/")
+        alias.extend(Segment(part, 0, 1) for part in parts[:-1])
+        alias.append(Segment(parts[-1], seg.call, seg.calls))
+    return alias
 
 
 def _layers_by_path(root: Any) -> list[tuple[Any, str]]:
@@ -607,13 +875,15 @@ def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
     """The rows of :func:`summary`, one string per place.
 
     A custom layer whose insides could not be traced has ``(!)`` after its class,
-    and a note under the table says why.
+    and a note under the table says why. Where a place has an attribute path that
+    differs from its path (:attr:`LayerInfo.alias`), a last column shows it.
 
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> list(summary_lines(walk(m)))[-1].split()
         ['0', 'd', 'Dense', '(None,', '2)', '8']
     """
+    with_alias = any(p.alias is not None for p in places)
     rows = [
         (
             "" if p.index is None else str(p.index),
@@ -621,11 +891,13 @@ def summary_lines(places: Sequence[LayerInfo]) -> Iterator[str]:
             p.class_name + (" (!)" if p.trace_error else ""),
             _format_shape(p.output_shape),
             f"{p.params:,}",
+            *([p.alias or ""] if with_alias else []),
         )
         for p in places
     ]
-    header = ("index", "path", "class", "output shape", "params")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    header: tuple[str, ...] = ("index", "path", "class", "output shape", "params")
+    header += ("attribute path",) if with_alias else ()
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         yield "  ".join(
             cell.rjust(w) if i in (0, 4) else cell.ljust(w)
