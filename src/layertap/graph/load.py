@@ -160,23 +160,89 @@ def _shift_nested_model_nodes(config: dict[str, Any]) -> bool:
     return changed
 
 
+def _is_input_layer(layer: Any) -> bool:
+    return isinstance(layer, dict) and layer.get("class_name") == "InputLayer"
+
+
+def _input_layer_for(layer: dict[str, Any]) -> dict[str, Any] | None:
+    """The InputLayer config tf.keras 2 builds for a first layer given ``input_shape=``."""
+    inner = layer.get("config")
+    if not isinstance(inner, dict):
+        return None
+    shape = inner.get("batch_input_shape")
+    if not isinstance(shape, list) or not shape:
+        return None
+    dtype = inner.get("dtype")
+    config: dict[str, Any] = {
+        "batch_input_shape": list(shape),
+        "dtype": dtype if isinstance(dtype, str) else "float32",
+        "name": f"{inner.get('name', 'layer')}_input",
+    }
+    if "module" in layer:  # the same serialization style as its neighbours
+        return {
+            "module": "keras.layers",
+            "class_name": "InputLayer",
+            "config": config,
+            "registered_name": None,
+        }
+    return {"class_name": "InputLayer", "config": config}
+
+
+def _sequential_input_layer(config: dict[str, Any]) -> bool:
+    """Give a Sequential whose first layer holds ``batch_input_shape`` its InputLayer.
+
+    tf.keras 2.0-2.3 wrote a Sequential without its InputLayer and put the input shape
+    on the first layer (``input_shape=`` / ``batch_input_shape=``). Keras 3 turns that
+    into an ``input_shape`` argument taken as a shape without the batch axis (one axis
+    too many), and refuses it in the newer configs tf.keras writes for nested models;
+    an explicit InputLayer is what both understand.
+    """
+    layers = config.get("layers")
+    if not isinstance(layers, list) or not layers or _is_input_layer(layers[0]):
+        return False
+    if not isinstance(layers[0], dict):
+        return False
+    first = _input_layer_for(layers[0])
+    if first is None:
+        return False
+    layers.insert(0, first)
+    return True
+
+
 @dataclass(frozen=True)
 class _ConfigFix:
     """One known difference between a tf.keras 2 layer config and what Keras 3 accepts.
 
     ``apply`` edits the inner ``config`` dict of a layer whose class is in ``classes``
-    and returns whether it changed anything.
+    (not in it, with ``every_class_but``) and returns whether it changed anything.
     """
 
     what: str
     classes: frozenset[str]
     apply: Callable[[dict[str, Any]], bool]
+    #: ``classes`` is the set of classes the fix skips instead (every other class applies).
+    every_class_but: bool = False
+
+    def applies_to(self, class_name: str) -> bool:
+        return (class_name in self.classes) != self.every_class_but
 
 
 _FUNCTIONAL = frozenset({"Functional", "Model"})
 
 #: The table of repairs applied to tf.keras 2 ``.h5`` configs, at every depth.
 _CONFIG_FIXES: tuple[_ConfigFix, ...] = (
+    # Before the next fix, which drops the shape this one reads.
+    _ConfigFix(
+        "Sequential without an InputLayer, its input shape on the first layer",
+        frozenset({"Sequential"}),
+        _sequential_input_layer,
+    ),
+    _ConfigFix(
+        "batch_input_shape on a layer (input_shape=; not a Keras 3 argument)",
+        frozenset({"InputLayer"}),
+        _set_key("batch_input_shape", _always, None),
+        every_class_but=True,
+    ),
     _ConfigFix(
         "BatchNormalization axis saved as a one-item list",
         frozenset({"BatchNormalization"}),
@@ -186,6 +252,12 @@ _CONFIG_FIXES: tuple[_ConfigFix, ...] = (
         "DepthwiseConv2D 'groups' keyword (not a Keras 3 argument)",
         frozenset({"DepthwiseConv2D"}),
         _set_key("groups", _always, None),
+    ),
+    _ConfigFix(
+        "rng_type of a random layer (RandomFlip, ...; not a Keras 3 argument)",
+        frozenset(),
+        _set_key("rng_type", _always, None),
+        every_class_but=True,
     ),
     _ConfigFix(
         "one-item input_layers list (Keras 3 would pass a one-item tuple)",
@@ -223,7 +295,7 @@ def _repair_config(config: Any) -> list[str]:
     for layer in _layer_configs(config):
         inner = layer["config"]
         for fix in _CONFIG_FIXES:
-            if layer["class_name"] in fix.classes and fix.apply(inner):
+            if fix.applies_to(layer["class_name"]) and fix.apply(inner):
                 done.append(f"{inner.get('name', layer['class_name'])}: {fix.what}")
     return done
 
@@ -293,10 +365,55 @@ def _missing_class(reason: str) -> str | None:
     return None
 
 
+_CLASS_FAILED = re.compile(
+    r"Error when deserializing class '(?P<a>[\w.>]+)'"
+    r"|<class '(?:[\w.]+\.)?(?P<b>\w+)'> could not be deserialized"
+)
+
+
+_UNKNOWN_ARGUMENT = re.compile(r"Unrecognized keyword arguments passed to (\w+): \{'([^']+)'")
+
+
+def _layer_failure(reason: str, config: Any = None) -> str | None:
+    """``layer 'name' (Class) cannot be rebuilt ...: why``, from Keras's text, if it says.
+
+    Keras puts the layer's whole config before the cause ("Exception encountered: ..."),
+    so a message cut to a readable length would lose the why; nested models wrap the
+    text once per level, so the innermost (last) class and cause are the ones that failed.
+    When Keras names only the class and the argument it refused, the layer is the first
+    in ``config`` (the model config, if known) of that class that has that argument.
+    """
+    found = list(_CLASS_FAILED.finditer(reason))
+    if found and "Exception encountered:" in reason:
+        last = found[-1]
+        why = reason.rsplit("Exception encountered:", 1)[1].strip()
+        cls = last.group("a") or last.group("b")
+        name = re.search(r"'name': '([^']+)'", reason[last.end() :])
+        layer = f"layer {name.group(1)!r} " if name else "a layer "
+        return f"{layer}({cls}) cannot be rebuilt by Keras 3: {why}"
+    refused = _UNKNOWN_ARGUMENT.search(reason)
+    if refused is None or config is None:
+        return None
+    cls, argument = refused.groups()
+    for node in _layer_configs(config):
+        if node["class_name"] == cls and argument in node["config"]:
+            found_name = node["config"].get("name", "?")
+            return f"layer {found_name!r} ({cls}) cannot be rebuilt by Keras 3: {reason}"
+    return None
+
+
 def _keras_load(
-    file: Path, shown: Path, custom_objects: Mapping[str, Any] | None, safe_mode: bool
+    file: Path,
+    shown: Path,
+    custom_objects: Mapping[str, Any] | None,
+    safe_mode: bool,
+    config: Any = None,
 ) -> keras.Model:
-    """Load ``file`` with Keras 3; errors name ``shown`` (the user's path)."""
+    """Load ``file`` with Keras 3; errors name ``shown`` (the user's path).
+
+    ``config``, the model config when the caller has read it, lets an error name the
+    layer Keras refused when Keras names only its class.
+    """
     try:
         model = keras.saving.load_model(
             file,
@@ -319,6 +436,7 @@ def _keras_load(
                 f"{missing!r}, which is not registered; "
                 + _CUSTOM_HINT.format(name=missing.split(">")[-1])
             ) from exc
+        reason = _layer_failure(reason, config) or reason
         if len(reason) > 400:
             reason = reason[:400] + "..."
         raise ModelLoadError(f"cannot load model file {str(shown)!r}: {reason}") from exc
@@ -362,7 +480,7 @@ def _load_h5(
             raise _refuse_code(f"model file {str(shown)!r}", layer)
     repairs = _repair_config(config) if version.startswith("2.") else []
     if not repairs:
-        return _keras_load(path, shown, custom_objects, safe_mode)
+        return _keras_load(path, shown, custom_objects, safe_mode, config)
     logger.info(
         "%s: tf.keras %s file; loading a repaired copy (%d fixes: %s)",
         shown,
@@ -375,7 +493,7 @@ def _load_h5(
         shutil.copyfile(path, copy)
         with h5py.File(copy, "r+") as f:
             f.attrs["model_config"] = json.dumps(config)
-        return _keras_load(copy, shown, custom_objects, safe_mode)
+        return _keras_load(copy, shown, custom_objects, safe_mode, config)
 
 
 def _savedmodel_lambda(path: Path) -> str | None:
@@ -478,8 +596,9 @@ def load_model(
 
     Raises:
         ModelLoadError: the path is missing, not a model, truncated, needs a custom
-            class that was not given (the message names it), or holds code refused by
-            safe mode.
+            class that was not given (the message names it), holds a layer Keras 3
+            cannot rebuild (the message names the layer and the cause), or holds code
+            refused by safe mode.
         MissingDependencyError: a preset without keras-hub installed, or a SavedModel
             without tf_keras.
 
