@@ -120,6 +120,25 @@ def test_a_build_call_shape_is_a_hint_not_a_limit(edge_net: EdgeNet) -> None:
     assert_close(ex.predict(x, batch_size=2)["dsn3"], edge_oracle(edge_net, x)[edge_net.dsn3.name])
 
 
+def test_photos_go_in_at_their_own_size(edge_net: EdgeNet, tmp_path: Any) -> None:
+    """Image files and PIL images, for a model that takes any size: decoded as they are."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, size=(43, 65, 3), dtype="uint8")
+    photo = Image.fromarray(pixels)
+    photo.save(tmp_path / "photo.png")
+    ex = layertap.Extractor(edge_net, {"side": "dsn1"})
+    got = ex([tmp_path / "photo.png", photo])["side"]
+    want = edge_oracle(edge_net, np.stack([pixels, pixels]).astype("float32") / 255.0)
+    assert got.shape == (2, 43, 65, 1)
+    assert_close(got, want[edge_net.dsn1.name])
+    with pytest.raises(layertap.BadInputError, match="2 sizes .*43x65.*pass size="):
+        ex([photo, Image.new("RGB", (30, 20))])
+    sized = layertap.Extractor(edge_net, {"side": "dsn1"}, size=(16, 24))
+    assert sized([photo, Image.new("RGB", (30, 20))])["side"].shape == (2, 16, 24, 1)
+
+
 def test_feature_model_of_a_subclassed_model_takes_any_size(edge_net: EdgeNet) -> None:
     fm = layertap.feature_model(edge_net, {"side": "dsn1", "deep": "block3"})
     assert fm.inputs[0].shape == (None, None, None, 3)

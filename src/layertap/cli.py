@@ -4,15 +4,22 @@ Keras (and through it TensorFlow) is imported only when a command runs, so
 ``--help`` stays fast. Every :class:`~layertap.LayertapError` and every usage
 error ends the run with one line, ``layertap: error: ...``, on stderr and exit
 status 2.
+
+Quiet by default: unless ``--verbose``, what the backends log (TensorFlow's C++
+start-up lines, Ray's INFO lines) is kept off stderr, so what a command prints is
+its own (:func:`_native_logs_hidden`, :data:`QUIET_ENV`). Importing layertap changes
+nothing of this: only running the command does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +103,105 @@ def layer_specs(
     return LayerOptions(tuple(parsed)).specs(model)
 
 
-def _quiet_backend_logs() -> None:
-    # TensorFlow's C++ logging reads this once, when TensorFlow is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+#: A log line that native code (TensorFlow, XLA, gRPC, Ray's core) writes to stderr:
+#: absl / glog lines (``I0000 00:00:1700000000.123456  3176 port.cc:153] ...``), the
+#: older TensorFlow format, Ray's C++ format, absl's banner before its logging starts
+#: and TensorFlow's CPU-feature note. Fatal lines (``F...``) are not among them.
+NATIVE_LOG_LINE = re.compile(
+    r"[IWE]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] [\w.\-/]+:\d+\] "
+    r"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWE] \d+ \d+\] "
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions: .*rebuild TensorFlow with"
+)
+#: The environment without ``--verbose``, for each variable the user has not set.
+QUIET_ENV = {
+    # TensorFlow's (and XLA's) C++ logs: errors only. Read when TensorFlow is imported.
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "GRPC_VERBOSITY": "ERROR",
+    # Ray drops these lines among those its workers print (read when Ray is imported).
+    "RAY_DEDUP_LOGS_SKIP_REGEX": f"^(?:{NATIVE_LOG_LINE.pattern})",
+}
+
+
+def _quiet_environment() -> None:
+    """Set :data:`QUIET_ENV`'s variables the user has not set (before any backend loads)."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def _stderr_is_fd_2() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # e.g. click's CliRunner
+        return False
+
+
+def _pass_on(source: int, target: int) -> None:
+    """Copy ``source`` to ``target`` line by line, leaving out :data:`NATIVE_LOG_LINE`."""
+    pending = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(source, 1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not _is_native_log(line)]
+            _write_all(target, b"".join(kept))
+        if not _is_native_log(pending):
+            _write_all(target, pending)
+    os.close(source)
+    os.close(target)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _is_native_log(line: bytes) -> bool:
+    return NATIVE_LOG_LINE.match(line.decode("utf-8", "replace")) is not None
+
+
+@contextlib.contextmanager
+def _native_logs_hidden() -> Iterator[None]:
+    """While the body runs, leave the native log lines out of what reaches stderr.
+
+    TensorFlow writes some lines when it is loaded, before ``TF_CPP_MIN_LOG_LEVEL``
+    applies (the oneDNN notice, CUDA plug-in registration), and Ray's core writes
+    some as it runs; no option turns them off. So file descriptor 2, where C and C++
+    code write, becomes a pipe whose lines are passed on as they come, but for
+    :data:`NATIVE_LOG_LINE`. Python's ``sys.stderr`` (the progress bar, layertap's
+    messages, warnings, tracebacks) writes to the real stderr directly, so a progress
+    bar still sees a terminal. Nothing is done unless ``sys.stderr`` is descriptor 2.
+    """
+    if not _stderr_is_fd_2():
+        yield
+        return
+    python_stderr = sys.stderr
+    python_stderr.flush()
+    terminal = os.dup(2)
+    source, sink = os.pipe()
+    os.dup2(sink, 2)
+    os.close(sink)
+    pump = threading.Thread(
+        target=_pass_on, args=(source, os.dup(terminal)), name="layertap-stderr", daemon=True
+    )
+    pump.start()
+    # Left open afterwards: a handler or progress bar made meanwhile may still hold it.
+    sys.stderr = open(
+        os.dup(terminal),
+        "w",
+        buffering=1,
+        encoding=getattr(python_stderr, "encoding", None),
+        errors=getattr(python_stderr, "errors", "backslashreplace"),
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)  # closes the pipe's last writer here: the pump drains it
+        os.close(terminal)
+        pump.join(timeout=5)
 
 
 @click.group(
@@ -106,14 +209,33 @@ def _quiet_backend_logs() -> None:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="layertap", prog_name="layertap")
-def cli() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also show the backends' own log lines (TensorFlow's C++ lines, Ray's INFO lines).",
+)
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Features from any layer of a pre-trained Keras model, nested sub-models included.
 
     \b
     Examples:
       layertap layers model.keras
       layertap extract model.keras photos/ --layer emb=embedding --out feats.h5
+      layertap --verbose extract model.keras photos/ -l gap -o feats.h5
+
+    Quiet by default: the backends' own log lines are left out of stderr
+    (TensorFlow's and XLA's C++ lines, from Ray's workers too; the messages of Ray's
+    start; Ray Data's INFO lines), and TF_CPP_MIN_LOG_LEVEL=2, GRPC_VERBOSITY=ERROR
+    and RAY_DEDUP_LOGS_SKIP_REGEX are set where they are unset. With --verbose nothing
+    is hidden or set. The progress bars, layertap's messages and errors, Python
+    warnings and tracebacks always show.
     """
+    ctx.meta["layertap.verbose"] = verbose
+    if not verbose:
+        _quiet_environment()
+        ctx.with_resource(_native_logs_hidden())
 
 
 def _model_options(f: Any) -> Any:
@@ -326,10 +448,8 @@ def extract(**flags: Any) -> None:
       layertap extract model.keras files.txt -l gap --preprocess torch -o feats.npz
       layertap extract model.keras photos/ -l gap --engine ray --out feats_dir/
     """
-    _quiet_backend_logs()
     import logging
 
-    from layertap.engines import get_engine
     from layertap.io.data import expand_inputs
 
     # Everything that is cheap to check is checked before the slow model load.
@@ -344,7 +464,8 @@ def extract(**flags: Any) -> None:
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
 
     try:
-        result = get_engine(run.engine).extract(run, skipped)
+        verbose = click.get_current_context().meta.get("layertap.verbose", False)
+        result = _engine(run.engine, verbose).extract(run, skipped)
     except KeyboardInterrupt:
         _error(f"interrupted; run the same command again to resume {run.output.path}")
         sys.exit(130)
@@ -477,6 +598,17 @@ def _run_from_flags(flags: dict[str, Any]) -> Any:
     )
 
 
+def _engine(name: str, verbose: bool) -> Any:
+    """The engine called ``name``; the Ray engine shows Ray's own INFO lines if ``verbose``."""
+    if name == "ray":
+        from layertap.engines.ray import RayEngine
+
+        return RayEngine(verbose=verbose)
+    from layertap.engines import get_engine
+
+    return get_engine(name)
+
+
 def _summary(result: Any, out: Path, engine: str) -> str:
     """The closing line: rows, failures, where, and the datasets' shapes."""
     failed = f", {len(result.failed)} failed" if result.failed else ""
@@ -500,5 +632,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         layertap extract model.keras photos/ --layer gap --out feats.h5
     """
-    _quiet_backend_logs()
     cli.main(args=list(argv) if argv is not None else None, prog_name="layertap")

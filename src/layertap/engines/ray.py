@@ -791,15 +791,25 @@ class RayEngine:
     only (unless Ray is already initialised). ``run.ray.concurrency`` defaults to the
     cluster's CPUs (or GPUs) divided by each actor's ``num_cpus`` (``num_gpus``).
 
+    Args:
+        verbose: Ray's console output as Ray prints it. ``False`` (the command line
+            without ``--verbose``): while Ray starts (or connects) its logger shows
+            errors only, and Ray Data's console its warnings and errors, not its INFO
+            lines (its log files in the session directory keep them); progress bars
+            are left as they are.
+
     Example:
         >>> result = RayEngine().extract(run)  # doctest: +SKIP
     """
 
     name = "ray"
 
+    def __init__(self, verbose: bool = True) -> None:
+        self.verbose = verbose
+
     def extract(self, run: Run, on_failed: Any = None) -> RayResult:
         """Connect, run, disconnect; ``on_failed(path, reason)`` for each skipped input."""
-        with _connected(run) as concurrency:
+        with _connected(run, self.verbose) as concurrency:
             ray_options = dataclasses.replace(run.ray, concurrency=concurrency)
             result = _write(run.replace(ray=ray_options))
         if on_failed is not None:
@@ -809,25 +819,26 @@ class RayEngine:
 
 
 @contextlib.contextmanager
-def _connected(run: Run) -> Iterator[int]:
-    """Ray initialised (started here when needed) with quiet progress if asked; the actors."""
+def _connected(run: Run, verbose: bool = True) -> Iterator[int]:
+    """Ray initialised (started here when needed), as quiet as asked; the actors.
+
+    ``run.quiet``: no progress bars, no output of the workers, Ray Data's errors only.
+    Not ``verbose``: see :class:`RayEngine`.
+    """
     ray = _need_ray()
     from ray.data import DataContext
 
     quiet = run.quiet
     started = False
     if not ray.is_initialized():
-        if run.ray.address is None:
-            ray.init(
-                include_dashboard=False,
-                log_to_driver=not quiet,
-                logging_level=logging.WARNING,
-                _node_ip_address="127.0.0.1",
-            )
-        else:
-            ray.init(
-                address=run.ray.address, log_to_driver=not quiet, logging_level=logging.WARNING
-            )
+        where: dict[str, Any] = (
+            {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+            if run.ray.address is None
+            else {"address": run.ray.address}
+        )
+        start_level = logging.WARNING if verbose else logging.ERROR
+        ray.init(**where, log_to_driver=not quiet, logging_level=start_level)
+        logging.getLogger("ray").setLevel(logging.WARNING)  # after the start, as before
         started = True
     context = DataContext.get_current()
     bars = context.enable_progress_bars
@@ -836,13 +847,28 @@ def _connected(run: Run) -> Iterator[int]:
     level = data_log.level
     if quiet:
         data_log.setLevel(logging.ERROR)
+    consoles = [] if verbose else _console_handlers(data_log)
+    console_levels = [h.level for h in consoles]
+    for handler in consoles:
+        handler.setLevel(max(handler.level, logging.WARNING))
     try:
         yield run.ray.concurrency or _default_concurrency(ray, run.ray)
     finally:
         context.enable_progress_bars = bars
         data_log.setLevel(level)
+        for handler, console_level in zip(consoles, console_levels, strict=True):
+            handler.setLevel(console_level)
         if started:
             ray.shutdown()
+
+
+def _console_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """The handlers of ``logger`` that print to a stream (Ray Data's console, not its files)."""
+    return [
+        h
+        for h in logger.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
 
 
 def _default_concurrency(ray: Any, options: RayOptions) -> int:

@@ -75,6 +75,29 @@ def _raw_items(x: Any) -> list[Any] | None:
     return None
 
 
+def _takes_any_size(specs: list[tuple[int | None, ...]]) -> bool:
+    """One 4-D input whose height and width (either layout) are open."""
+    if len(specs) != 1 or len(specs[0]) != 4:
+        return False
+    _, a, b, c = specs[0]
+    return (a is None and b is None) or (b is None and c is None)
+
+
+def _upright_size(item: Any) -> tuple[int, int]:
+    """``(height, width)`` of an image as decoded: turned upright by its EXIF orientation."""
+    if isinstance(item, Image.Image):
+        image = item
+        width, height = image.size
+        orientation = image.getexif().get(0x0112)
+    else:
+        with Image.open(os.fspath(item)) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112)
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: the axes swap
+        width, height = height, width
+    return int(height), int(width)
+
+
 def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -185,10 +208,11 @@ class Extractor:
       :meth:`~layertap.io.data.ImageSpec.from_model`) takes a list of file paths
       (``str`` or ``PathLike``) and PIL images, in any mix, decoded as
       :func:`layertap.extract` decodes image files: turned upright by EXIF, converted to
-      RGB or grayscale, resized to the model's size (``size=`` for a model that takes
-      any size) and preprocessed (``preprocess=``, default ``"rescale"``; for a preset
-      with an image converter, the converter, which also does the resizing). A single
-      path or PIL image is a batch of one.
+      RGB or grayscale, resized to the model's size (for a model that takes any size:
+      ``size=``, or else each call's images at the one size they share) and
+      preprocessed (``preprocess=``, default ``"rescale"``; for a preset with an image
+      converter, the converter, which also does the resizing). A single path or PIL
+      image is a batch of one.
 
     A call runs exactly the inputs it is given, so an image that cannot be decoded
     raises :class:`~layertap.BadInputError` naming it and the reason
@@ -296,6 +320,7 @@ class Extractor:
             self._needed = list(range(len(shapes)))
         self._input_specs = [tuple(shape) for shape in shapes]
         self.image_spec: ImageSpec | None = None
+        self._own_size = False
         self._no_images = "it is a text model"
         if self._text is None:
             self.image_spec, self._no_images = self._image_spec(options)
@@ -313,13 +338,25 @@ class Extractor:
         }
 
     def _image_spec(self, options: InputOptions) -> tuple[ImageSpec | None, str]:
-        """What an image becomes for the source model, or ``None`` and why it takes none."""
+        """What an image becomes for the source model, or ``None`` and why it takes none.
+
+        A model that takes images of any size, with no ``size=``, takes each batch at
+        its images' own size: :attr:`_own_size` is then set, and the spec's size is
+        replaced per batch.
+        """
         inputs = [SimpleNamespace(shape=shape) for shape in self._input_specs]
+        view = SimpleNamespace(name=self.source.name, inputs=inputs)
         try:
-            view = SimpleNamespace(name=self.source.name, inputs=inputs)
             return options.image_spec(view), ""
         except BadInputError as exc:
-            return None, str(exc)
+            if options.size is not None or not _takes_any_size(self._input_specs):
+                return None, str(exc)
+            try:
+                template = options.image_spec(view, size=(1, 1))
+            except BadInputError:
+                return None, str(exc)
+            self._own_size = True
+            return template, ""
 
     def __repr__(self) -> str:
         taps = ", ".join(f"{k!r}: {v.path!r}" for k, v in self.outputs.items())
@@ -395,9 +432,39 @@ class Extractor:
                     f"{', '.join(others)}; read text files with layertap.extract"
                 )
             return text_inputs(self._text, items)
+        if self.image_spec is not None and self._own_size:
+            return _decode_images(items, self._at_own_size(items, self.image_spec))
         if self.image_spec is not None:
             return _decode_images(items, self.image_spec)
         raise self._takes_no_raw_inputs(items)
+
+    def _at_own_size(self, items: list[Any], template: ImageSpec) -> ImageSpec:
+        """``template`` at the one size (upright, as decoded) all of ``items`` have.
+
+        Raises :class:`BadInputError` for images of several sizes: one batch runs at
+        one size. Files that cannot be opened are left to the decoder, which names them.
+        """
+        sizes: dict[tuple[int, int], list[str]] = {}
+        for i, item in enumerate(items):
+            try:
+                size = _upright_size(item)
+            except _DECODE_ERRORS:
+                continue
+            name = f"[{i}]" if isinstance(item, Image.Image) else repr(os.fsdecode(item))
+            sizes.setdefault(size, []).append(name)
+        if len(sizes) > 1:
+            shown = "; ".join(
+                f"{h}x{w}: {', '.join(names[:3])}" for (h, w), names in list(sizes.items())[:4]
+            )
+            raise BadInputError(
+                f"model {self.source.name!r} takes images of any size, and one batch runs "
+                f"at one size, but these images have {len(sizes)} sizes ({shown}); pass "
+                "size=(H, W) to resize them all, or one size per call"
+            )
+        if not sizes:
+            return template
+        (height, width), _ = sizes.popitem()
+        return dataclasses.replace(template, height=height, width=width)
 
     def _takes_no_raw_inputs(self, items: list[Any]) -> BadInputError:
         """The error for texts, paths or images given to a model that takes none."""

@@ -1214,10 +1214,14 @@ class InputOptions:
             return self.preset_images or "rescale"
         return "none"
 
-    def image_spec(self, model: Any) -> ImageSpec:
-        """What each image file becomes for ``model`` (:meth:`ImageSpec.from_model`)."""
+    def image_spec(self, model: Any, size: tuple[int, int] | None = None) -> ImageSpec:
+        """What each image file becomes for ``model`` (:meth:`ImageSpec.from_model`);
+        ``size`` stands in for :attr:`size` when given."""
         return ImageSpec.from_model(
-            model, preprocess=self.preprocess_for("files"), size=self.size, resize=self.resize
+            model,
+            preprocess=self.preprocess_for("files"),
+            size=size or self.size,
+            resize=self.resize,
         )
 
 
