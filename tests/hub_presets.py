@@ -154,3 +154,68 @@ def resnet_preset(directory: Path) -> tuple[Any, Any]:
     preprocessor = keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter)
     preprocessor.save_to_preset(str(directory))
     return backbone, converter
+
+
+def _nudge(model: Any, seed: int = 7) -> None:
+    """Move every trainable weight by numpy noise, so the saved task differs from any
+    fresh one Keras initialises (the tests reseed Keras before loading)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_weights:
+        v.assign(np.asarray(v) + rng.normal(0, 0.1, v.shape).astype(v.dtype))
+
+
+def bert_classifier_preset(directory: Path, *, num_classes: int = 3) -> tuple[Any, Any]:
+    """BertTextClassifier (a small BertBackbone, ``num_classes`` logits) and its
+    BertTextClassifierPreprocessor (in-memory vocabulary, 16 tokens), saved as a task.
+
+    Its weights are nudged off their initial values (:func:`_nudge`).
+
+    Returns ``(task, preprocessor)``.
+    """
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(BERT_VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=32,
+        name="bert_backbone",  # a fixed name: the tests tap "bert_backbone/..."
+    )
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=BERT_VOCAB)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    task = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=num_classes, preprocessor=preprocessor
+    )
+    _nudge(task)
+    task.save_to_preset(str(directory))
+    return task, preprocessor
+
+
+def resnet_classifier_preset(
+    directory: Path, *, num_classes: int = 3, base: bool = False
+) -> tuple[Any, Any]:
+    """ResNetImageClassifier (a small any-size ResNetBackbone, ``num_classes`` outputs) and
+    a ResNetImageClassifierPreprocessor resizing to 20x20, saved as a task. With ``base``
+    the task is built as ``keras_hub.models.ImageClassifier(backbone=...)`` instead. Its
+    weights are nudged off their initial values (:func:`_nudge`).
+
+    Returns ``(task, converter)``.
+    """
+    import keras_hub
+
+    from tests.hub_backbones import resnet
+
+    backbone, _ = resnet(image_shape=(None, None, 3))
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(20, 20), scale=1 / 127.5, offset=-1.0, crop_to_aspect_ratio=False
+    )
+    preprocessor = keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter)
+    cls = keras_hub.models.ImageClassifier if base else keras_hub.models.ResNetImageClassifier
+    task = cls(backbone=backbone, num_classes=num_classes, preprocessor=preprocessor)
+    _nudge(task)
+    task.save_to_preset(str(directory))
+    return task, converter

@@ -22,6 +22,7 @@ import pytest
 import layertap
 from layertap.graph.load import load_custom_objects
 from tests.conftest import Split, assert_close
+from tests.test_legacy_matrix import randomize_batchnorm
 
 tf_keras: Any = pytest.importorskip("tf_keras")
 
@@ -42,19 +43,7 @@ def tiny_backbone(name: str = "backbone") -> Any:
     d = k.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(h)
     d = k.ReLU(6.0, name="dw_relu")(k.BatchNormalization(name="dw_bn")(d))
     model = tf_keras.Model(x, k.Add(name="add")([h, d]), name=name)
-    rng = np.random.default_rng(1)
-    for layer in model.layers:  # non-trivial statistics, so inference mode matters
-        if isinstance(layer, k.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, gamma.shape),
-                    rng.normal(0, 0.1, beta.shape),
-                    rng.normal(0, 0.1, mean.shape),
-                    rng.uniform(0.5, 2.0, var.shape),
-                ]
-            )
-    return model
+    return randomize_batchnorm(model)  # non-trivial statistics: inference mode matters
 
 
 def with_head(backbone: Any, kind: str) -> Any:

@@ -15,7 +15,8 @@ Four kinds of input:
   temporary tf.keras-2 ``.h5`` file, and rebuilt from that as a Keras 3 model through the
   repair above (same weights, a graph layertap can walk).
 * keras-hub presets (a ``save_to_preset`` directory, a ``kaggle://`` or ``hf://`` handle,
-  or a built-in preset name): the backbone, loaded by keras-hub
+  or a built-in preset name): the backbone, or for a task preset directory (one with
+  ``task.json``) the task with its backbone nested in it, loaded by keras-hub
   (:mod:`layertap.graph.preset`, which also finds the preset's preprocessor).
 
 Safe mode: with ``safe_mode=True`` (the default) a model whose ``Lambda`` layer stores
@@ -51,7 +52,7 @@ import h5py
 import keras
 
 from layertap._errors import ModelLoadError, require
-from layertap.graph.preset import is_preset, load_backbone
+from layertap.graph.preset import is_preset, load_preset_model
 
 __all__ = ["load_custom_objects", "load_model"]
 
@@ -580,8 +581,10 @@ def load_model(
     config differences repaired on a temporary copy; the file itself is never written),
     SavedModel directories (through the optional ``tf_keras`` package:
     ``pip install "layertap[legacy]"``) and keras-hub presets, whose backbone is
-    returned (``pip install "layertap[hub]"``; a handle is downloaded, so it needs the
-    network; :func:`layertap.graph.preset.load_preset` gives its preprocessor too).
+    returned, or for a task preset directory (``task.json``, written by e.g.
+    ``BertTextClassifier.save_to_preset``) the task, its backbone nested in it
+    (``pip install "layertap[hub]"``; a handle is downloaded, so it needs the network;
+    :func:`layertap.graph.preset.load_preset` gives its preprocessor too).
     The model is never compiled.
 
     Args:
@@ -610,7 +613,7 @@ def load_model(
         (None, 2)
     """
     if is_preset(path):
-        return load_backbone(path, custom_objects=custom_objects)
+        return load_preset_model(path, custom_objects=custom_objects)
     path = Path(path)
     kind = _check_path(path)
     if kind == "savedmodel":

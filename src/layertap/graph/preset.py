@@ -10,16 +10,23 @@ A *preset* is what keras-hub's ``from_preset`` reads:
   ``save_to_preset(d)`` adds ``tokenizer.json`` and ``assets/tokenizer/`` (the
   vocabulary file or SentencePiece proto); a preprocessor's adds ``preprocessor.json``
   (its config, holding the tokenizer's) and its tokenizer's files; image and audio
-  converters add ``image_converter.json`` / ``audio_converter.json``. A directory is a
-  preset when it has ``config.json`` and ``metadata.json`` and either names keras-hub
-  (``metadata.json``'s ``keras_hub_version`` or ``config.json``'s ``registered_name``);
+  converters add ``image_converter.json`` / ``audio_converter.json``. A task's
+  ``save_to_preset(d)`` (``BertTextClassifier``, ``ImageClassifier``, ...) writes all of
+  its backbone's and preprocessor's files plus ``task.json`` (the task's config, holding
+  the backbone's and the preprocessor's) and ``task.weights.h5`` (the weights outside
+  the backbone: the head). A directory is a preset when it has ``config.json`` and
+  ``metadata.json`` and either names keras-hub (``metadata.json``'s
+  ``keras_hub_version`` or ``config.json``'s ``registered_name``); it is a *task preset*
+  when it also has ``task.json``, and then the task is the model (the backbone nested
+  in it, tapped as ``<backbone name>/<layer>``), fed by the task's own preprocessor;
 * a handle: ``kaggle://org/model/keras/variant[/version]``, ``hf://org/model``,
   ``modelscope://...``, ``gs://...``, or a built-in preset name that
   ``keras_hub.models.Backbone.presets`` knows (``"bert_tiny_en_uncased"``). Loading a
   handle downloads it (keras-hub caches downloads), so it needs the network.
 
-The preprocessor is found in this order: the preset's own ``preprocessor.json`` (when
-its class is one of the task preprocessors below), then the first of
+The preprocessor is found in this order: a task preset's task's own (when it is one of
+the task preprocessors below), the preset's own ``preprocessor.json`` (when its class
+is one of them), then the first of
 :data:`TASK_PREPROCESSORS` that keras-hub registers for the backbone's class and that
 the preset has the files for (a ``tokenizer.json``, ``image_converter.json`` or
 ``audio_converter.json``). In keras-hub 0.32: BERT, DistilBERT, RoBERTa, ALBERT,
@@ -59,8 +66,11 @@ __all__ = [
     "Preset",
     "TASK_PREPROCESSORS",
     "is_preset",
+    "is_task_preset",
     "load_backbone",
     "load_preset",
+    "load_preset_model",
+    "load_task",
     "text_inputs",
 ]
 
@@ -84,6 +94,9 @@ TASK_PREPROCESSORS = (
 
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".pb", ".py", ".json")
 
+#: The files keras-hub writes for a task besides its backbone's and preprocessor's.
+TASK_CONFIG, TASK_WEIGHTS = "task.json", "task.weights.h5"
+
 
 def _hub() -> ModuleType:
     return require("keras_hub", "hub", "loading a keras-hub preset")
@@ -94,7 +107,9 @@ class Preset:
     """A loaded keras-hub preset.
 
     Attributes:
-        model: the backbone (a ``keras.Model``): the model layertap taps.
+        model: the model layertap taps: the backbone, or for a task preset the task
+            (``BertTextClassifier``, ``ImageClassifier``, ...) with its backbone nested
+            in it (see :attr:`backbone`).
         preprocessor: the keras-hub preprocessor that turns raw inputs into the
             backbone's inputs, or ``None`` when the preset has none.
         kind: ``"text"``, ``"image"`` or ``"audio"``: what the preprocessor takes;
@@ -103,6 +118,8 @@ class Preset:
         sequence_length: the preprocessor's padded token length (the encoder's, for a
             sequence-to-sequence model), or ``None``.
         source: the directory or handle the preset was loaded from.
+        model_kind: ``"task"`` for a task preset (a directory with ``task.json``),
+            ``"backbone"`` otherwise. (``kind`` says what the preprocessor takes.)
     """
 
     model: keras.Model
@@ -110,6 +127,18 @@ class Preset:
     kind: str | None
     sequence_length: int | None
     source: str
+    model_kind: str = "backbone"
+
+    @property
+    def backbone(self) -> keras.Model:
+        """The backbone: :attr:`model` itself, or the one nested in a task.
+
+        Example:
+            >>> p = load_preset("path/to/bert_classifier_preset")  # doctest: +SKIP
+            >>> p.model_kind, p.model.name, p.backbone.name  # doctest: +SKIP
+            ('task', 'bert_text_classifier', 'bert_backbone')
+        """
+        return _backbone_of(self.model)
 
     def image_preprocess(
         self, size: tuple[int, int] | None = None
@@ -220,6 +249,28 @@ def _is_builtin(name: str) -> bool:
     return name in hub.models.Backbone.presets
 
 
+def _has_task(path: Path) -> bool:
+    return _is_preset_dir(path) and (path / TASK_CONFIG).is_file()
+
+
+def is_task_preset(source: object) -> bool:
+    """Whether ``source`` is a preset directory that holds a task (it has ``task.json``).
+
+    A handle is never one here: telling would need a download. Loading a handle gives
+    its backbone.
+
+    Example:
+        >>> is_task_preset("path/to/bert_classifier_preset")  # doctest: +SKIP
+        True
+        >>> is_task_preset("kaggle://keras/bert/keras/bert_tiny_en_uncased")
+        False
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    text = os.fspath(source)
+    return isinstance(text, str) and bool(text) and _has_task(Path(text))
+
+
 def is_preset(source: object) -> bool:
     """Whether ``source`` is a keras-hub preset: a ``save_to_preset`` directory or a handle.
 
@@ -288,13 +339,7 @@ def load_backbone(
     """
     hub = _hub()
     shown = os.fspath(source)
-    if Path(shown).is_dir() and not any(
-        (Path(shown) / name).is_file() for name in ("model.weights.h5", "model.weights.json")
-    ):
-        raise ModelLoadError(
-            f"the keras-hub preset directory {shown!r} has no model.weights.h5 (nor sharded "
-            "model.weights.json): it holds no backbone weights"
-        )
+    _check_weights(shown)
     try:
         with keras.saving.custom_object_scope(dict(custom_objects or {})):
             model = hub.models.Backbone.from_preset(shown)
@@ -305,6 +350,144 @@ def load_backbone(
             f"keras-hub preset {shown!r} gave a {type(model).__name__}, not a keras.Model"
         )
     return model
+
+
+def _weights_file(source: str) -> Path | None:
+    """The backbone's weights in a preset directory (``None`` if it has none)."""
+    for name in ("model.weights.h5", "model.weights.json"):
+        if (Path(source) / name).is_file():
+            return Path(source) / name
+    return None
+
+
+def _check_weights(source: str) -> None:
+    if Path(source).is_dir() and _weights_file(source) is None:
+        raise ModelLoadError(
+            f"the keras-hub preset directory {source!r} has no model.weights.h5 (nor sharded "
+            "model.weights.json): it holds no backbone weights"
+        )
+
+
+def _is_task(model: object) -> bool:
+    """Whether ``model`` is a keras-hub ``Task`` (without importing keras-hub)."""
+    return any(
+        c.__name__ == "Task" and c.__module__.startswith("keras_hub") for c in type(model).__mro__
+    )
+
+
+def _backbone_of(model: keras.Model) -> keras.Model:
+    """A task's backbone; any other model itself (some backbones nest one: D-FINE)."""
+    backbone = getattr(model, "backbone", None) if _is_task(model) else None
+    return backbone if isinstance(backbone, keras.Model) else model
+
+
+def _registered_class(source: str, file: str) -> type:
+    """The keras-hub class a preset directory's ``file`` (``task.json``, ...) names."""
+    path = Path(source) / file
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("registered_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise _load_error(source, f"model ({file})", exc) from exc
+    cls = keras.saving.get_registered_object(name) if isinstance(name, str) else None
+    if not isinstance(cls, type):
+        raise ModelLoadError(
+            f"the keras-hub preset directory {source!r} has a {file} whose class {name!r} "
+            "keras-hub does not know (written by another keras-hub version?)"
+        )
+    return cls
+
+
+def _rebuild_task(source: str) -> keras.Model:
+    """A task saved as a base class (``ImageClassifier(backbone=...)``), rebuilt by hand.
+
+    keras-hub's ``from_preset`` swaps a base class for the subclass registered for the
+    backbone and then, its ``task.json`` being of another class, builds a new task with
+    default arguments (``num_classes`` missing). The config holds the whole task, so it
+    is rebuilt from it (Keras's safe mode), then given its preprocessor's assets and
+    the weights of its head and backbone.
+    """
+    config = json.loads((Path(source) / TASK_CONFIG).read_text(encoding="utf-8"))
+    task = keras.saving.deserialize_keras_object(config)
+    if getattr(task, "preprocessor", None) is not None and hasattr(
+        task.preprocessor, "load_preset_assets"
+    ):
+        task.preprocessor.load_preset_assets(source)
+    if (Path(source) / TASK_WEIGHTS).is_file():
+        task.load_task_weights(str(Path(source) / TASK_WEIGHTS))
+    task.backbone.load_weights(str(_weights_file(source)))
+    return task
+
+
+def load_task(
+    source: str | os.PathLike[str], *, custom_objects: Mapping[str, Any] | None = None
+) -> keras.Model:
+    """Load the task of a task preset directory (one with ``task.json``): head and backbone.
+
+    The class ``task.json`` names loads it with its ``from_preset`` (keras-hub rebuilds
+    the config in Keras's safe mode, then loads ``task.weights.h5`` into the head and
+    ``model.weights.h5`` into the backbone); the task keeps its preprocessor
+    (``task.preprocessor``). ``custom_objects`` are in scope while it loads.
+
+    Raises:
+        ModelLoadError: the directory has no ``task.json``, names a class that is not a
+            keras-hub task, lacks the weights of the backbone or of the head, or the task
+            does not load (the message names the directory and the reason).
+
+    Example:
+        >>> task = load_task("path/to/bert_classifier_preset")  # doctest: +SKIP
+        >>> task.name, task.backbone.name  # doctest: +SKIP
+        ('bert_text_classifier', 'bert_backbone')
+    """
+    hub = _hub()
+    shown = os.fspath(source)
+    if not _has_task(Path(shown)):
+        raise ModelLoadError(
+            f"{shown!r} is not a keras-hub task preset directory (it has no {TASK_CONFIG} "
+            "next to config.json and metadata.json)"
+        )
+    _check_weights(shown)
+    with keras.saving.custom_object_scope(dict(custom_objects or {})):
+        cls: Any = _registered_class(shown, TASK_CONFIG)
+        if not issubclass(cls, hub.models.Task):
+            raise ModelLoadError(
+                f"the {TASK_CONFIG} of the keras-hub preset directory {shown!r} holds a "
+                f"{cls.__name__}, not a keras-hub Task"
+            )
+        backbone_cls = _registered_class(shown, "config.json")
+        try:
+            if getattr(cls, "backbone_cls", None) is backbone_cls:
+                task = cls.from_preset(shown)
+            else:
+                task = _rebuild_task(shown)
+        except Exception as exc:  # keras-hub, Keras and h5py raise many types
+            raise _load_error(shown, f"task ({cls.__name__})", exc) from exc
+    if not isinstance(task, keras.Model):
+        raise ModelLoadError(
+            f"keras-hub preset {shown!r} gave a {type(task).__name__}, not a keras.Model"
+        )
+    if not (Path(shown) / TASK_WEIGHTS).is_file() and task.has_task_weights():
+        raise ModelLoadError(
+            f"the keras-hub task preset directory {shown!r} has no {TASK_WEIGHTS}: its "
+            f"{cls.__name__} has weights outside the backbone (the head), which would be "
+            "random"
+        )
+    return task
+
+
+def load_preset_model(
+    source: str | os.PathLike[str], *, custom_objects: Mapping[str, Any] | None = None
+) -> keras.Model:
+    """The model of a preset: the task of a task preset (:func:`load_task`), else the backbone.
+
+    Example:
+        >>> load_preset_model("path/to/bert_classifier_preset").name  # doctest: +SKIP
+        'bert_text_classifier'
+        >>> load_preset_model("path/to/bert_preset").name  # doctest: +SKIP
+        'bert_backbone'
+    """
+    if is_task_preset(source):
+        return load_task(source, custom_objects=custom_objects)
+    return load_backbone(source, custom_objects=custom_objects)
 
 
 def _task_bases(hub: ModuleType) -> list[type]:
@@ -391,8 +574,23 @@ def _length_key(preprocessor: Any) -> str | None:
     return None
 
 
+def _task_preprocessor(hub: ModuleType, model: keras.Model) -> Any:
+    """A task's own preprocessor, when it is one of the task preprocessors layertap uses."""
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is None:
+        return None
+    if isinstance(preprocessor, tuple(_task_bases(hub))):
+        return preprocessor
+    logger.info("%s: the task's %s is not used", model.name, type(preprocessor).__name__)
+    return None
+
+
 def load_preset(source: str | os.PathLike[str], *, sequence_length: int | None = None) -> Preset:
-    """Load a keras-hub preset: its backbone and the preprocessor that feeds it.
+    """Load a keras-hub preset: its model and the preprocessor that feeds it.
+
+    The model is the backbone, or for a task preset (a directory with ``task.json``,
+    written by a task's ``save_to_preset``) the task, head and all, with the task's own
+    preprocessor; :attr:`Preset.model_kind` says which.
 
     Args:
         source: a preset directory or handle (see :func:`is_preset`).
@@ -407,16 +605,21 @@ def load_preset(source: str | os.PathLike[str], *, sequence_length: int | None =
         >>> p = load_preset("path/to/bert_preset", sequence_length=24)  # doctest: +SKIP
         >>> p.kind, p.sequence_length, sorted(p.model.input)  # doctest: +SKIP
         ('text', 24, ['padding_mask', 'segment_ids', 'token_ids'])
+        >>> load_preset("path/to/bert_classifier_preset").model_kind  # doctest: +SKIP
+        'task'
     """
     hub = _hub()
     shown = os.fspath(source)
-    model = load_backbone(shown)
+    task = is_task_preset(shown)
     with warnings.catch_warnings():
         # keras-hub 0.32's SentencePieceTokenizer reads its proto file with
         # open(path).read() and never closes it (CPython closes it at once): not the
         # user's to act on, so its ResourceWarning stays here.
         warnings.filterwarnings("ignore", "unclosed file", ResourceWarning)
-        preprocessor = _find_preprocessor(hub, shown, type(model))
+        model = load_task(shown) if task else load_backbone(shown)
+        preprocessor = _task_preprocessor(hub, model) if task else None
+        if preprocessor is None:
+            preprocessor = _find_preprocessor(hub, shown, type(_backbone_of(model)))
     key = _length_key(preprocessor) if preprocessor is not None else None
     if sequence_length is not None:
         if key is None:
@@ -432,6 +635,7 @@ def load_preset(source: str | os.PathLike[str], *, sequence_length: int | None =
         kind=_kind(preprocessor),
         sequence_length=int(length) if isinstance(length, int) else None,
         source=shown,
+        model_kind="task" if task else "backbone",
     )
 
 
@@ -563,14 +767,14 @@ def _packer(preprocessor: Any) -> _GraphPacker:
 
 
 def _fit_to_model(model: keras.Model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep the backbone's inputs, in its order and dtypes; raise when one is missing."""
+    """Keep the model's inputs, in its order and dtypes; raise when one is missing."""
     spec = getattr(model, "input", None)
     if not isinstance(spec, dict):
         return arrays
     missing = sorted(set(spec) - set(arrays))
     if missing:
         raise BadInputError(
-            f"the preprocessor gives {sorted(arrays)}, but the backbone also takes "
+            f"the preprocessor gives {sorted(arrays)}, but the model also takes "
             f"{missing}; build those inputs yourself"
         )
     return {name: arrays[name].astype(str(spec[name].dtype)) for name in spec}
@@ -640,7 +844,7 @@ def text_inputs(
 
 def _check_length(model: keras.Model, arrays: Mapping[str, np.ndarray]) -> None:
     """A packed length the backbone's position embedding cannot take is named here."""
-    limit = getattr(model, "max_sequence_length", None)
+    limit = getattr(_backbone_of(model), "max_sequence_length", None)
     ids = arrays.get("token_ids")
     if isinstance(limit, int) and ids is not None and ids.ndim == 2 and ids.shape[1] > limit:
         raise BadInputError(
