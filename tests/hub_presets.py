@@ -219,3 +219,17 @@ def resnet_classifier_preset(
     _nudge(task)
     task.save_to_preset(str(directory))
     return task, converter
+
+
+def write_images(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    """Random RGB PNG files ``im<i>.png`` of the given ``(width, height)`` sizes (seed 0)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        path = folder / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths

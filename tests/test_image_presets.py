@@ -23,7 +23,7 @@ import layertap  # noqa: E402
 from layertap.cli import cli  # noqa: E402
 from layertap.graph.preset import ImageConverterPreprocess  # noqa: E402
 from tests.conftest import assert_close, to_numpy  # noqa: E402
-from tests.hub_presets import resnet_preset, vit_preset  # noqa: E402
+from tests.hub_presets import resnet_preset, vit_preset, write_images  # noqa: E402
 
 #: Not square, so a converter that crops to the aspect ratio differs from a plain resize.
 SIZES = [(40, 24), (17, 31), (16, 16)]
@@ -31,14 +31,7 @@ SIZES = [(40, 24), (17, 31), (16, 16)]
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    rng = np.random.default_rng(0)
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for i, (w, h) in enumerate(SIZES):
-        path = folder / f"im{i}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return write_images(tmp_path_factory.mktemp("images"), SIZES)
 
 
 @pytest.fixture(scope="module")

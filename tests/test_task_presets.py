@@ -28,6 +28,7 @@ from tests.hub_presets import (  # noqa: E402
     bert_classifier_preset,
     bert_preset,
     resnet_classifier_preset,
+    write_images,
 )
 
 TEXTS = ["the cat sat on the mat", "a dog", "my big fish swam in blue water"]
@@ -54,14 +55,7 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    rng = np.random.default_rng(0)
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for i, (w, h) in enumerate(SIZES):
-        path = folder / f"im{i}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return write_images(tmp_path_factory.mktemp("images"), SIZES)
 
 
 def inner(backbone: Any, layer: str, x: Any) -> np.ndarray:

@@ -450,6 +450,7 @@ def extract(**flags: Any) -> None:
     """
     import logging
 
+    from layertap.engines import get_engine
     from layertap.io.data import expand_inputs
 
     # Everything that is cheap to check is checked before the slow model load.
@@ -464,8 +465,7 @@ def extract(**flags: Any) -> None:
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
 
     try:
-        verbose = click.get_current_context().meta.get("layertap.verbose", False)
-        result = _engine(run.engine, verbose).extract(run, skipped)
+        result = get_engine(run.engine).extract(run, skipped)
     except KeyboardInterrupt:
         _error(f"interrupted; run the same command again to resume {run.output.path}")
         sys.exit(130)
@@ -593,20 +593,21 @@ def _run_from_flags(flags: dict[str, Any]) -> Any:
             {"model": str(f["model"]), "layers": list(f["layer_options"])},
         ),
         engine=f["engine"],
-        ray=RayOptions(f["address"], f["concurrency"], f["num_cpus"], f["num_gpus"]),
+        ray=RayOptions(
+            f["address"],
+            f["concurrency"],
+            f["num_cpus"],
+            f["num_gpus"],
+            logs=_verbose(),
+        ),
         progress=False if f["quiet"] else None,
     )
 
 
-def _engine(name: str, verbose: bool) -> Any:
-    """The engine called ``name``; the Ray engine shows Ray's own INFO lines if ``verbose``."""
-    if name == "ray":
-        from layertap.engines.ray import RayEngine
-
-        return RayEngine(verbose=verbose)
-    from layertap.engines import get_engine
-
-    return get_engine(name)
+def _verbose() -> bool:
+    """Whether ``--verbose`` was given (``True`` outside a command: nothing is hidden)."""
+    ctx = click.get_current_context(silent=True)
+    return True if ctx is None else bool(ctx.meta.get("layertap.verbose", True))
 
 
 def _summary(result: Any, out: Path, engine: str) -> str:

@@ -789,14 +789,8 @@ class RayEngine:
     ``run.ray.address`` is a running cluster's (``auto``, ``ray://host:10001``,
     ``host:6379``); ``None`` starts a Ray on this machine, on loopback, for this run
     only (unless Ray is already initialised). ``run.ray.concurrency`` defaults to the
-    cluster's CPUs (or GPUs) divided by each actor's ``num_cpus`` (``num_gpus``).
-
-    Args:
-        verbose: Ray's console output as Ray prints it. ``False`` (the command line
-            without ``--verbose``): while Ray starts (or connects) its logger shows
-            errors only, and Ray Data's console its warnings and errors, not its INFO
-            lines (its log files in the session directory keep them); progress bars
-            are left as they are.
+    cluster's CPUs (or GPUs) divided by each actor's ``num_cpus`` (``num_gpus``), and
+    ``run.ray.logs`` says whether Ray's own INFO lines reach the console.
 
     Example:
         >>> result = RayEngine().extract(run)  # doctest: +SKIP
@@ -804,12 +798,9 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, verbose: bool = True) -> None:
-        self.verbose = verbose
-
     def extract(self, run: Run, on_failed: Any = None) -> RayResult:
         """Connect, run, disconnect; ``on_failed(path, reason)`` for each skipped input."""
-        with _connected(run, self.verbose) as concurrency:
+        with _connected(run) as concurrency:
             ray_options = dataclasses.replace(run.ray, concurrency=concurrency)
             result = _write(run.replace(ray=ray_options))
         if on_failed is not None:
@@ -819,11 +810,11 @@ class RayEngine:
 
 
 @contextlib.contextmanager
-def _connected(run: Run, verbose: bool = True) -> Iterator[int]:
+def _connected(run: Run) -> Iterator[int]:
     """Ray initialised (started here when needed), as quiet as asked; the actors.
 
     ``run.quiet``: no progress bars, no output of the workers, Ray Data's errors only.
-    Not ``verbose``: see :class:`RayEngine`.
+    Not ``run.ray.logs``: Ray's start shows errors only, Ray Data's console its warnings.
     """
     ray = _need_ray()
     from ray.data import DataContext
@@ -836,7 +827,7 @@ def _connected(run: Run, verbose: bool = True) -> Iterator[int]:
             if run.ray.address is None
             else {"address": run.ray.address}
         )
-        start_level = logging.WARNING if verbose else logging.ERROR
+        start_level = logging.WARNING if run.ray.logs else logging.ERROR
         ray.init(**where, log_to_driver=not quiet, logging_level=start_level)
         logging.getLogger("ray").setLevel(logging.WARNING)  # after the start, as before
         started = True
@@ -847,7 +838,7 @@ def _connected(run: Run, verbose: bool = True) -> Iterator[int]:
     level = data_log.level
     if quiet:
         data_log.setLevel(logging.ERROR)
-    consoles = [] if verbose else _console_handlers(data_log)
+    consoles = [] if run.ray.logs else _console_handlers(data_log)
     console_levels = [h.level for h in consoles]
     for handler in consoles:
         handler.setLevel(max(handler.level, logging.WARNING))

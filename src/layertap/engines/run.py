@@ -202,6 +202,10 @@ class RayOptions:
         num_cpus: CPUs reserved by each actor.
         num_gpus: GPUs reserved by each actor.
         remote_args: more ``ray.remote`` arguments for the actors.
+        logs: Ray's console output as Ray prints it. ``False`` (the command line without
+            ``--verbose``): while Ray starts (or connects) its logger shows errors only,
+            and Ray Data's console its warnings and errors, not its INFO lines (its log
+            files in the session directory keep them); progress bars are left as they are.
     """
 
     address: str | None = None
@@ -209,6 +213,7 @@ class RayOptions:
     num_cpus: float = 1
     num_gpus: float = 0
     remote_args: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    logs: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:

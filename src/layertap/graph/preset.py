@@ -616,7 +616,7 @@ def load_preset(source: str | os.PathLike[str], *, sequence_length: int | None =
         # open(path).read() and never closes it (CPython closes it at once): not the
         # user's to act on, so its ResourceWarning stays here.
         warnings.filterwarnings("ignore", "unclosed file", ResourceWarning)
-        model = load_task(shown) if task else load_backbone(shown)
+        model = load_preset_model(shown)
         preprocessor = _task_preprocessor(hub, model) if task else None
         if preprocessor is None:
             preprocessor = _find_preprocessor(hub, shown, type(_backbone_of(model)))

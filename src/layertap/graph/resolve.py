@@ -250,22 +250,15 @@ def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[L
     try:
         return _resolve_text(spec, places)
     except LayerNotFoundError as error:
-        views = _by_attribute(places)
-        if views is None:
+        if all(p.alias is None for p in places):
             raise
+        views = [p.by_alias() for p in places]  # every place by its attribute path
         try:
-            matches = _resolve_text(spec, list(views.values()))
+            matches = _resolve_text(spec, views)
         except LayerNotFoundError:
             raise error from None
-        original = {id(view): p for p, view in zip(places, views.values(), strict=True)}
+        original = {id(view): p for p, view in zip(places, views, strict=True)}
         return [original[id(view)] for view in matches]
-
-
-def _by_attribute(places: Sequence[LayerInfo]) -> dict[int, LayerInfo] | None:
-    """Every place seen by its attribute path (``None`` when no place has an alias)."""
-    if all(p.alias is None for p in places):
-        return None
-    return {i: p.by_alias() for i, p in enumerate(places)}
 
 
 def _resolve_text(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:

@@ -153,11 +153,6 @@ class LayerInfo:
         return self._place.event
 
     @property
-    def alias_segments(self) -> tuple[Segment, ...] | None:
-        """Internal: :attr:`alias` as segments, or ``None`` when there is no alias."""
-        return self._place.alias
-
-    @property
     def root_inputs(self) -> Any:
         """Internal: for a place inside a model without a graph, the symbolic inputs its
         trace was made on (the tap model is built on the same), else ``None``."""
@@ -571,14 +566,19 @@ def recorded_input_shapes(model: Any) -> list[Any]:
         return [next(iter(own.values()))]
     if own:
         return []  # several arguments: which one is the input is not known
+    return _sublayer_build_shapes(model)[:3]
+
+
+def _sublayer_build_shapes(layer: Any) -> list[Any]:
+    """The distinct shapes ``layer``'s direct sublayers were built with, in attribute order."""
     shapes: list[Any] = []
-    for child in ki.direct_layers(model):
+    for child in ki.direct_layers(layer):
         if isinstance(child, keras.layers.InputLayer):
             continue
         first = _first_build_shape(child)
         if first is not None and first not in shapes:
             shapes.append(first)
-    return shapes[:3]
+    return shapes
 
 
 def _first_build_shape(layer: Any) -> Any:
@@ -588,10 +588,8 @@ def _first_build_shape(layer: Any) -> Any:
         return next(iter(own.values()))
     if own:
         return None
-    for child in ki.direct_layers(layer):
-        if not isinstance(child, keras.layers.InputLayer):
-            return _first_build_shape(child)
-    return None
+    children = [x for x in ki.direct_layers(layer) if not isinstance(x, keras.layers.InputLayer)]
+    return _first_build_shape(children[0]) if children else None
 
 
 def _map_shapes(fn: Any, shape: Any, *others: Any) -> Any:
@@ -631,7 +629,7 @@ def _unknown_input_error(model: Any) -> UnsupportedModelError:
         graph_of(model)  # raises the error for an unbuilt Sequential
     name = f"{getattr(model, 'name', type(model).__name__)!r} ({type(model).__name__})"
     if model.built:
-        shapes = [s for s in map(_first_build_shape, ki.direct_layers(model)) if s is not None]
+        shapes = _sublayer_build_shapes(model)
         hint = f"input_shape={shapes[0]!r}" if shapes else "input_shape=(None, ...)"
         more = f" (its sublayers were built with {shapes!r})" if len(shapes) > 1 else ""
         return UnsupportedModelError(
