@@ -4,6 +4,10 @@ For each backbone the oracle takes the block's input from a functional model tru
 at the block's inbound node, then re-runs the block's ``call()`` by hand with the
 block's own sublayer objects (query/key/value projections, attention scores, norms, MLP
 denses) and compares every place with what layertap extracts, on a padded batch.
+
+Attention probabilities are a place at every attention layer, fused or not: the oracle
+asks the layer itself for them (``return_attention_scores=True``, or its unfused path
+run by hand) while the block's output is the model's own, fused where Keras fuses.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from tests.hub_backbones import BACKBONES
 
 pytest.importorskip("keras_hub")
 masks = pytest.importorskip("keras_hub.src.layers.modeling.transformer_layer_utils")
-hub_utils = pytest.importorskip("keras_hub.src.utils.keras_utils")
 
 BATCH = 3
 TOL = 1e-5
@@ -31,10 +34,16 @@ TOL = 1e-5
 
 @dataclass
 class Oracle:
-    """Expected values of the places to tap, and attention layers without a softmax place."""
+    """Expected values of the places to tap, and the attention layers' softmax names."""
 
     taps: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
-    no_softmax: dict[str, str] = field(default_factory=dict)  # attention path -> softmax name
+    attention: dict[str, str] = field(default_factory=dict)  # attention path -> softmax name
+
+    def scores(self, alias: str, attention: str, softmax: str, value: Any) -> None:
+        """The probabilities, by the softmax sublayer's name and by ``<attention>/scores``."""
+        self.add(f"{alias}scores", f"{attention}/{softmax}", value)
+        self.add(f"{alias}scores_by_alias", f"{attention}/scores", value)
+        self.attention[attention] = softmax
 
     def add(self, alias: str, path: str, value: Any) -> Any:
         self.taps[alias] = (path, to_numpy(value))
@@ -70,15 +79,6 @@ def block_call(graph: keras.Model, layer: Any, inputs: Any) -> Call:
     return call
 
 
-def mha_uses_softmax(mha: keras.layers.MultiHeadAttention) -> bool:
-    """Whether ``MultiHeadAttention._compute_attention`` runs its Softmax layer.
-
-    Without dropout (and without asking for the scores) it calls the fused
-    ``ops.dot_product_attention`` instead, on every backend: no softmax place exists.
-    """
-    return bool(mha._dropout > 0.0) and not mha._flash_attention
-
-
 def mha_oracle(
     o: Oracle,
     alias: str,
@@ -89,18 +89,20 @@ def mha_oracle(
     mask: Any = None,
     **call_kwargs: Any,
 ) -> Any:
-    """Projections, scores (where the softmax place exists) and output of a Keras MHA."""
+    """Projections, scores and output of a Keras MHA.
+
+    The output is the layer's own call (fused where it has no dropout); the scores come
+    from the layer asked for them, whose output must agree with it.
+    """
     o.add(f"{alias}query", f"{path}/query", mha._query_dense(query))
     o.add(f"{alias}key", f"{path}/key", mha._key_dense(value))
     o.add(f"{alias}value", f"{path}/value", mha._value_dense(value))
-    if mha_uses_softmax(mha):
-        out, scores = mha(
-            query, value, attention_mask=mask, return_attention_scores=True, **call_kwargs
-        )
-        o.add(f"{alias}scores", f"{path}/{mha._softmax.name}", scores)
-    else:
-        out = mha(query, value, attention_mask=mask, **call_kwargs)
-        o.no_softmax[path] = mha._softmax.name
+    out = mha(query, value, attention_mask=mask, **call_kwargs)
+    unfused, scores = mha(
+        query, value, attention_mask=mask, return_attention_scores=True, **call_kwargs
+    )
+    assert_close(to_numpy(unfused), to_numpy(out), TOL)
+    o.scores(alias, path, mha._softmax.name, scores)
     return o.add(f"{alias}attention", path, out)
 
 
@@ -177,16 +179,14 @@ def gemma(backbone: keras.Model, inputs: Any) -> Oracle:
     # Gemma's layout for the rotated halves (CachedGemmaAttention._apply_rope).
     q = ops.reshape(ops.stack(ops.split(q, 2, axis=-1), axis=-1), ops.shape(q))
     k = ops.reshape(ops.stack(ops.split(k, 2, axis=-1), axis=-1), ops.shape(k))
-    if attn._use_fused_attention_op():  # False on CPU for every backend
-        o.no_softmax[f"{p}/attention"] = attn.softmax.name
-    else:
-        q = q * ops.cast(1 / np.sqrt(attn.head_dim), q.dtype)
-        b, t = ops.shape(q)[0], ops.shape(q)[1]
-        groups = attn.num_query_heads // attn.num_key_value_heads
-        q = ops.reshape(q, (b, t, attn.num_key_value_heads, groups, attn.head_dim))
-        logits = ops.einsum("btkgh,bskh->bkgts", q, k)
-        scores = attn.softmax(logits, mask=mask[:, None, None, :, :])
-        o.add("scores", f"{p}/attention/{attn.softmax.name}", scores)
+    # CachedGemmaAttention's unfused path (the fused op runs on GPU and TPU only).
+    q = q * ops.cast(1 / np.sqrt(attn.head_dim), q.dtype)
+    b, t = ops.shape(q)[0], ops.shape(q)[1]
+    groups = attn.num_query_heads // attn.num_key_value_heads
+    q = ops.reshape(q, (b, t, attn.num_key_value_heads, groups, attn.head_dim))
+    logits = ops.einsum("btkgh,bskh->bkgts", q, k)
+    scores = attn.softmax(logits, mask=mask[:, None, None, :, :])
+    o.scores("", f"{p}/attention", attn.softmax.name, scores)
     attention = o.add("attention", f"{p}/attention", attn(normed, attention_mask=mask))
     x = x + attention
     normed = o.add("norm2", f"{p}/pre_ffw_norm", block.pre_ffw_norm(x))
@@ -212,16 +212,13 @@ def llama(backbone: keras.Model, inputs: Any) -> Oracle:
     rope = attn.rotary_embedding_layer  # called twice: @0 on the query, @1 on the key
     q = o.add("rope_q", f"{p}/self_attention/{rope.name}@0", rope(q, start_index=0))
     k = o.add("rope_k", f"{p}/self_attention/{rope.name}@1", rope(k, start_index=0))
-    if hub_utils.fused_attention_op_available():
-        # JAX and torch: LlamaAttention calls the fused ops.dot_product_attention, so
-        # its Softmax layer never runs and there is no scores place to tap.
-        o.no_softmax[f"{p}/self_attention"] = attn._softmax.name
-    else:
-        k = ops.repeat(k, repeats=attn.num_key_value_groups, axis=2)
-        logits = ops.einsum(attn._dot_product_equation, q, k)
-        logits = logits * ops.cast(attn._inv_norm_factor, logits.dtype)
-        scores = attn._softmax(logits, mask[:, None, :, :])
-        o.add("scores", f"{p}/self_attention/{attn._softmax.name}", scores)
+    # LlamaAttention's unfused path, by hand (JAX and torch fuse it: the model's own
+    # output below is the fused op's there).
+    k = ops.repeat(k, repeats=attn.num_key_value_groups, axis=2)
+    logits = ops.einsum(attn._dot_product_equation, q, k)
+    logits = logits * ops.cast(attn._inv_norm_factor, logits.dtype)
+    scores = attn._softmax(logits, mask[:, None, :, :])
+    o.scores("", f"{p}/self_attention", attn._softmax.name, scores)
     attention = attn(hidden_states=normed, attention_mask=mask)
     x = o.add("attention", f"{p}/self_attention", attention) + x
     normed = o.add("norm2", f"{p}/feedforward_layernorm", block._feedforward_layernorm(x))
@@ -348,13 +345,15 @@ ORACLES: dict[str, Callable[[keras.Model, Any], Oracle]] = {
 
 @pytest.mark.parametrize("name", list(ORACLES))
 def test_first_block_taps_match_hand_run_sublayers(name: str, rng: np.random.Generator) -> None:
-    """Every tap in the first block equals the hand-run sublayer; fused attention has no scores."""
+    """Every tap in the first block equals the hand-run sublayer, attention scores included
+    (fused or not); the block's output with its scores tapped is the model's own."""
     backbone, make_inputs = BACKBONES[name]()
     inputs = make_inputs(rng, BATCH)
     for key, array in inputs.items() if isinstance(inputs, dict) else []:
         if "padding_mask" in key:
             assert (array == 0).any() and (array == 1).any()  # really padded
     oracle = ORACLES[name](backbone, inputs)
+    assert oracle.attention  # every backbone here has attention in its first block
 
     got = layertap.Extractor(backbone, {alias: path for alias, (path, _) in oracle.taps.items()})(
         inputs
@@ -366,13 +365,10 @@ def test_first_block_taps_match_hand_run_sublayers(name: str, rng: np.random.Gen
         except AssertionError as err:
             raise AssertionError(f"{name}: tap {alias!r} ({path})\n{err}") from None
 
-    if oracle.no_softmax:
-        records = layertap.list_layers(backbone)
-        paths = {r.path for r in records}
-        for attention, softmax in oracle.no_softmax.items():
-            inside = [r for r in records if r.path.startswith(attention + "/")]
-            assert f"{attention}/query" in paths and inside
-            # The fused attention op leaves no softmax place: nothing to tap there.
-            assert f"{attention}/{softmax}" not in paths
-            assert not [r.path for r in inside if r.class_name == "Softmax"]
-            assert all(r.trace_error is None for r in inside)
+    records = {r.path: r for r in layertap.list_layers(backbone)}
+    for attention, softmax in oracle.attention.items():
+        record = records[f"{attention}/{softmax}"]
+        assert record.class_name == "Softmax" and record.trace_error is None
+        assert record.alias is not None and record.alias.endswith("/scores")
+        heads = record.output_shape[1:-2]  # Gemma keeps (kv heads, groups) apart
+        assert record.output_shape[0] is None and all(h is not None for h in heads)

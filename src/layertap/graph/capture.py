@@ -36,6 +36,7 @@ __all__ = [
     "Event",
     "Probe",
     "Probing",
+    "SCORES",
     "TraceFailure",
     "layer_attributes",
     "layer_paths",
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 _ROOT_OUTPUT = "__layertap_root_output"
+
+#: The attribute-path name of an attention layer's probabilities: ``<attention>/scores``
+#: is the place ``<attention>/<its softmax sublayer>`` (``softmax_3``, auto-numbered).
+SCORES = "scores"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,6 +327,9 @@ def _attribute_names(layer: Any) -> dict[int, str]:
     items = list(vars(layer).items())
     if callable(getattr(layer, "named_children", None)):  # torch: sublayers are in _modules
         items += list(layer.named_children())
+    softmax = ki.attention_softmax(layer)
+    if softmax is not None:  # its probabilities, a stable name for an auto-numbered layer
+        names[id(softmax)] = SCORES
     for key, value in items:
         if key.startswith("_"):
             continue
@@ -381,13 +389,26 @@ def _intercept(root: Any, session: _Session, targets: set[str] | None) -> Iterat
 
         ki.patch_call(layer, functools.wraps(original)(call))
         wrapped.append(layer)
+    unfused = [
+        layer for layer in [root, *layers.values()] if _scores_wanted(layer, session.paths, targets)
+    ]
     token = _SESSIONS.set((*_SESSIONS.get(), session))
     try:
-        yield
+        with ki.attention_unfused(unfused):
+            yield
     finally:
         _SESSIONS.reset(token)
         for layer in wrapped:
             ki.unpatch_call(layer)
+
+
+def _scores_wanted(layer: Any, paths: Mapping[int, str], targets: set[str] | None) -> bool:
+    """Whether ``layer`` is an attention layer whose probabilities this call records
+    (every one when tracing, ``targets is None``): it must then run unfused."""
+    softmax = ki.attention_softmax(layer)
+    if softmax is None or id(softmax) not in paths:
+        return False
+    return targets is None or paths[id(softmax)] in targets
 
 
 def has_inner_places(layer: Any) -> bool:

@@ -252,7 +252,8 @@ class GradientRunner:
         trainable = [v.value for v in model.trainable_variables]
         frozen = [v.value for v in model.non_trainable_variables]
         xs = tree.map_structure(keras.ops.convert_to_tensor, x)
-        signature = (score, tree.map_structure(lambda t: (t.shape, str(t.dtype)), xs))
+        # Hashable for a list or dict of inputs too: the structure spelled out.
+        signature = (score, repr(tree.map_structure(lambda t: (tuple(t.shape), str(t.dtype)), xs)))
         step = self._jitted.get(signature)
         if step is None:
             step = self._jitted[signature] = jax.jit(self._jax_step(score, xs, trainable, frozen))

@@ -12,15 +12,20 @@ backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import keras
 from keras.src import backend as _backend
 from keras.src.backend.common import global_state as _global_state
 from keras.src.models.functional import Functional
 
 __all__ = [
     "Functional",
+    "attention_softmax",
+    "attention_unfused",
     "build_shapes",
     "call_has_training_arg",
     "compute_output_spec",
@@ -147,3 +152,88 @@ def set_name_scope_stack(stack: list[Any] | None) -> None:
 def compute_output_spec(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``keras.src.backend.compute_output_spec``: run ``fn`` symbolically on KerasTensors."""
     return _backend.compute_output_spec(fn, *args, **kwargs)
+
+
+# Attention layers. Keras's ``MultiHeadAttention`` (and keras-hub's subclasses:
+# ``CachedMultiHeadAttention``, Whisper's) computes attention in ``_compute_attention``,
+# which calls the fused ``ops.dot_product_attention`` unless it is asked for the
+# scores (``return_attention_scores=True``, an argument since Keras 3.11) or has
+# dropout; only the unfused path runs the ``_softmax`` sublayer. keras-hub's own
+# attention layers (Llama, Mistral, Qwen: ``_softmax``; Gemma: ``softmax``) decide with
+# the module function ``fused_attention_op_available()`` (True on JAX and torch), read
+# from their ``_compute_attention``'s module globals (Gemma through its
+# ``_use_fused_attention_op()``).
+_SOFTMAX_ATTRIBUTES = ("_softmax", "softmax")
+_FUSED_CHECK = "fused_attention_op_available"
+
+
+def attention_softmax(layer: Any) -> Any:
+    """The ``Softmax`` sublayer that turns ``layer``'s attention logits into
+    probabilities, for a layer that computes attention in ``_compute_attention``
+    (Keras's ``MultiHeadAttention`` and subclasses, keras-hub's attention layers);
+    else ``None``."""
+    if not callable(getattr(type(layer), "_compute_attention", None)):
+        return None
+    for attribute in _SOFTMAX_ATTRIBUTES:
+        candidate = getattr(layer, attribute, None)
+        if isinstance(candidate, keras.layers.Softmax):
+            return candidate
+    return None
+
+
+@contextlib.contextmanager
+def _global_replaced(namespace: dict[str, Any], name: str, value: Any) -> Iterator[None]:
+    if name not in namespace:
+        yield
+        return
+    saved = namespace[name]
+    namespace[name] = value
+    try:
+        yield
+    finally:
+        namespace[name] = saved
+
+
+def _unfused_compute(layer: Any) -> Callable[..., Any]:
+    """``layer._compute_attention`` made to take the path that runs its softmax."""
+    original = layer._compute_attention  # bound to the instance, from its class
+    function = getattr(original, "__func__", original)
+    signature = inspect.signature(original)
+    takes_flag = "return_attention_scores" in signature.parameters
+
+    def compute(*args: Any, **kwargs: Any) -> Any:
+        if takes_flag:
+            bound = signature.bind(*args, **kwargs)
+            bound.arguments["return_attention_scores"] = True
+            args, kwargs = bound.args, bound.kwargs
+        flash = getattr(layer, "_flash_attention", None)
+        if flash:  # Keras refuses scores with flash attention; the plain path is exact
+            layer._flash_attention = False
+        try:
+            with _global_replaced(function.__globals__, _FUSED_CHECK, lambda: False):
+                return original(*args, **kwargs)
+        finally:
+            if flash:
+                layer._flash_attention = flash
+
+    return compute
+
+
+@contextlib.contextmanager
+def attention_unfused(layers: list[Any]) -> Iterator[None]:
+    """Inside, each of these attention layers (see :func:`attention_softmax`) computes
+    its probabilities with its softmax sublayer instead of a fused op, on this instance
+    only: ``_compute_attention`` is replaced on the instance (Keras's: called with
+    ``return_attention_scores=True``, which the callers ignore unless they asked;
+    keras-hub's: with its module's ``fused_attention_op_available`` answering ``False``
+    while it runs). The outputs are the same attention, computed the plain way."""
+    patched = []
+    try:
+        for layer in layers:
+            if "_compute_attention" not in layer.__dict__:
+                object.__setattr__(layer, "_compute_attention", _unfused_compute(layer))
+                patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.__dict__["_compute_attention"]

@@ -228,8 +228,10 @@ def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[L
 
     A string spec is matched against the canonical paths first, then, when none fits,
     against the attribute paths (:attr:`LayerInfo.alias`: ``fc6_1`` for
-    ``self.fc6_1 = Dense(4, name="fc6-1")``). So where an alias spells another layer's
-    canonical path, the canonical path wins.
+    ``self.fc6_1 = Dense(4, name="fc6-1")``), then against the canonical paths with
+    the last layer's attribute name (``<attention path>/scores``, an attention layer's
+    probabilities: :meth:`LayerInfo.by_leaf_alias`). So where an alias spells another
+    layer's canonical path, the canonical path wins.
 
     Example:
         >>> import keras
@@ -252,13 +254,16 @@ def resolve_one(spec: object, model: Any, places: Sequence[LayerInfo]) -> list[L
     except LayerNotFoundError as error:
         if all(p.alias is None for p in places):
             raise
-        views = [p.by_alias() for p in places]  # every place by its attribute path
-        try:
-            matches = _resolve_text(spec, views)
-        except LayerNotFoundError:
-            raise error from None
-        original = {id(view): p for p, view in zip(places, views, strict=True)}
-        return [original[id(view)] for view in matches]
+        # Every place by its attribute path, then by its canonical path with the last
+        # layer's attribute name (``<attention>/scores``).
+        for views in ([p.by_alias() for p in places], [p.by_leaf_alias() for p in places]):
+            try:
+                matches = _resolve_text(spec, views)
+            except LayerNotFoundError:
+                continue
+            original = {id(view): p for p, view in zip(places, views, strict=True)}
+            return [original[id(view)] for view in matches]
+        raise error from None
 
 
 def _resolve_text(spec: str, places: Sequence[LayerInfo]) -> list[LayerInfo]:

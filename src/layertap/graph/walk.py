@@ -171,6 +171,29 @@ class LayerInfo:
         place = dataclasses.replace(self._place, segments=self._place.alias)
         return dataclasses.replace(self, path=self.alias, _place=place)
 
+    def by_leaf_alias(self) -> LayerInfo:
+        """This place by its canonical path with only the last layer's attribute name:
+        ``<attention path>/scores`` for an attention layer's softmax sublayer (itself
+        when the last names agree).
+
+        Example:
+            >>> x = keras.Input((4, 8))
+            >>> m = keras.Model(x, keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x))
+            >>> [p.by_leaf_alias().path for p in walk(m) if p.class_name == "Softmax"]
+            ['mha/scores']
+        """
+        if self.alias is None or self._place.alias is None:
+            return self
+        last, leaf = self._place.segments[-1], self._place.alias[-1]
+        if leaf.name == last.name:
+            return self
+        segments = (*self._place.segments[:-1], Segment(leaf.name, last.call, last.calls))
+        path = "/".join(str(seg) for seg in segments)
+        if self._place.output_index is not None:
+            path += f":{self._place.output_index}"
+        place = dataclasses.replace(self._place, segments=segments)
+        return dataclasses.replace(self, path=path, _place=place)
+
 
 def inner_graph(layer: Any) -> Functional | None:
     """Return the graph inside ``layer`` when layertap can inline it, else ``None``.
