@@ -487,14 +487,15 @@ def extract(**flags: Any) -> None:
     "layer_specs_",
     metavar="SPEC",
     multiple=True,
-    required=True,
     help="A spatial layer to explain at (repeatable): a name, a path "
-    "(backbone/block_13_expand_relu) or a call (encoder@1/conv).",
+    "(backbone/block_13_expand_relu) or a call (encoder@1/conv). For rollout: the "
+    "attention probabilities to roll out, in block order (default: every attention "
+    "layer's, **/scores).",
 )
 @click.option(
     "--method",
     "-m",
-    type=click.Choice(["gradcam", "gradcam++", "layercam", "gradxact", "scorecam"]),
+    type=click.Choice(["gradcam", "gradcam++", "layercam", "gradxact", "scorecam", "rollout"]),
     default="gradcam",
     show_default=True,
 )
@@ -534,6 +535,8 @@ def explain(**flags: Any) -> None:
     (Grad-CAM by default; the score is the class logit, before the softmax) over the
     image, the layer's feature maps, and the top classes; index.html shows it all and
     needs no network. Images that cannot be decoded are skipped and named (exit 1).
+    --method rollout draws a vision transformer's attention rollout instead (the class
+    token's attention, rolled out over the blocks; --layer optional).
     """
     from layertap.explainer.report import read_labels, write_report
     from layertap.io.data import expand_inputs
@@ -557,10 +560,12 @@ def explain(**flags: Any) -> None:
     )
     for path, reason in report.failed:
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
-    click.echo(
-        f"explained {len(report.images)} images at {len(flags['layer_specs_'])} layers "
-        f"({flags['method']}): {report.index}"
+    where = (
+        f"at {len(flags['layer_specs_'])} layers"
+        if flags["layer_specs_"]
+        else "over every attention layer"
     )
+    click.echo(f"explained {len(report.images)} images {where} ({flags['method']}): {report.index}")
     if report.failed:
         sys.exit(EXIT_SOME_FAILED)
 

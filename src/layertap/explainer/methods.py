@@ -18,12 +18,20 @@ import keras
 import numpy as np
 from keras import tree
 
-from layertap._errors import BadInputError, BadSpecError
+from layertap._errors import BadInputError, BadSpecError, LayerNotFoundError
 from layertap.explainer import maps
 from layertap.graph.extractor import Extractor
 from layertap.graph.gradients import Gradients, Target
 
-__all__ = ["CAM_METHODS", "INPUT_METHODS", "METHODS", "Explanation", "explain"]
+__all__ = [
+    "ALL_SCORES",
+    "ATTENTION_METHODS",
+    "CAM_METHODS",
+    "INPUT_METHODS",
+    "METHODS",
+    "Explanation",
+    "explain",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +44,12 @@ CAM_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 #: Methods at the input (they take no layer).
 INPUT_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
+#: Methods over attention probabilities (forward only; ``layer=`` the attention places).
+ATTENTION_METHODS = ("rollout",)
 #: Every method ``explain`` takes.
-METHODS = (*CAM_METHODS, "scorecam", *INPUT_METHODS)
+METHODS = (*CAM_METHODS, "scorecam", *INPUT_METHODS, *ATTENTION_METHODS)
+#: The spec ``rollout`` taps by default: every attention layer's probabilities.
+ALL_SCORES = "**/scores"
 
 _KEY = "layer"
 
@@ -78,7 +90,7 @@ _CACHE: collections.OrderedDict[tuple[int, str], tuple[Any, Extractor]] = collec
 _CACHE_SIZE = 4
 
 
-def _extractor(model: Any, taps: dict[str, Any]) -> Extractor:
+def _extractor(model: Any, taps: Any) -> Extractor:
     key = (id(model), repr(taps))
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is model:
@@ -94,6 +106,8 @@ def _extractor(model: Any, taps: dict[str, Any]) -> Extractor:
 def _image_input(ex: Extractor, x: Any) -> np.ndarray:
     """The one image-like input array the maps are drawn over: ``(n, H, W, C)``."""
     arrays = ex.inputs(x)
+    if isinstance(arrays, dict | list | tuple) and len(tree.flatten(arrays)) == 1:
+        (arrays,) = tree.flatten(arrays)  # one input, kept in a dict (keras-hub) or list
     if isinstance(arrays, dict | list | tuple):
         raise BadInputError(
             "explain takes a model with one image input (n, height, width, channels); "
@@ -231,6 +245,72 @@ def _integrated(
     return np.abs(attributions).sum(axis=-1), g, check
 
 
+def _rollout(
+    model: Any, x: Any, layer: Any, size: bool, batch_size: int, options: dict[str, Any]
+) -> Explanation:
+    """Attention rollout of a vision transformer: the class token's rolled-out attention
+    over the patches, one map per image (see :func:`~layertap.explainer.maps.attention_rollout`)."""
+    head_fusion = options.get("head_fusion", "mean")
+    discard_ratio = float(options.get("discard_ratio", 0.0))
+    prefix = options.get("prefix_tokens")
+    if head_fusion not in maps.HEAD_FUSIONS:
+        raise BadSpecError(f"head_fusion {head_fusion!r}: valid: {', '.join(maps.HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise BadSpecError(f"discard_ratio {discard_ratio!r}: give a share in [0, 1)")
+    specs = [layer] if isinstance(layer, str | int) else list(layer or [ALL_SCORES])
+    try:
+        ex = _extractor(model, specs)
+    except LayerNotFoundError:
+        if layer is not None:
+            raise
+        name = getattr(getattr(model, "model", model), "name", "the model")
+        raise BadSpecError(
+            f"rollout explains a vision transformer; {name!r} has no attention layer "
+            f"(no place matches {ALL_SCORES!r}: layertap layers MODEL lists them)"
+        ) from None
+    blocks = list(ex.places)
+    for key in blocks:
+        shape = ex.outputs[key].shape
+        if len(shape) < 4 or shape[-1] != shape[-2]:
+            raise BadSpecError(
+                f"rollout needs self-attention probabilities (batch, heads, tokens, tokens); "
+                f"{ex.places[key].path!r} gives {shape}: tap attention scores "
+                f"('<attention layer>/scores', default {ALL_SCORES!r})"
+            )
+    images = _image_input(ex, x)
+    out: list[np.ndarray] = []
+    grid: tuple[int, tuple[int, int]] | None = None
+    for start in range(0, len(images), batch_size):
+        probs = ex(images[start : start + batch_size])
+        joint = maps.attention_rollout(
+            [probs[key] for key in blocks],
+            head_fusion=head_fusion,
+            discard_ratio=discard_ratio,
+        )
+        if grid is None:
+            try:
+                grid = maps.patch_grid(joint.shape[-1], images.shape[1:3], prefix)
+            except ValueError as error:
+                raise BadSpecError(str(error)) from None
+        extra, (rows, cols) = grid
+        # The class token's row (for prefix_tokens=0, no class token: every row's mean).
+        row = joint[:, 0] if extra > 0 else joint.mean(axis=1)
+        out.append(row[:, extra:].reshape(len(joint), rows, cols))
+    if grid is None:
+        raise BadInputError("rollout got no images")
+    info = {
+        "method": "rollout",
+        "layer": [ex.places[key].path for key in blocks],
+        "head_fusion": head_fusion,
+        "discard_ratio": discard_ratio,
+        "prefix_tokens": grid[0],
+        "grid": list(grid[1]),
+        "targets": None,
+        "scores": None,
+    }
+    return _finish(np.concatenate(out), images.shape[1:3] if size else None, info)
+
+
 def explain(
     model: Any,
     x: Any,
@@ -255,7 +335,16 @@ def explain(
             ``"scorecam"`` (forward passes only; ``max_channels=`` the most varied
             channels, default 64), ``"saliency"``, ``"smoothgrad"`` (``samples=``
             20, ``noise=`` 0.15) or ``"integrated_gradients"`` (``steps=`` 32; the
-            completeness check is in ``.info`` and logged when off by over 5%).
+            completeness check is in ``.info`` and logged when off by over 5%), or
+            ``"rollout"`` (attention rollout of a vision transformer, forward only:
+            ``layer=`` the attention probabilities to roll out, a spec or a list in
+            block order, default every attention layer's, ``"**/scores"``;
+            ``head_fusion=`` ``"mean"``, ``"max"`` or ``"min"``; ``discard_ratio=``
+            0.0, the share of each row's smallest weights dropped, the class token's
+            kept; ``prefix_tokens=`` the tokens before the patches, by default the
+            fewest, at least one, that leave a patch grid with the image's aspect:
+            a class token, DINOv2's registers; 0 for a model without a class token,
+            whose map is the mean of every token's row).
         target: ``None`` for each image's top class, or what
             :meth:`~layertap.Extractor.gradients` takes.
         upsample: maps at the input's resolution (``True``) or the layer's.
@@ -276,6 +365,8 @@ def explain(
     """
     if method not in METHODS:
         raise BadSpecError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method == "rollout":
+        return _rollout(model, x, layer, upsample, batch_size, options)
     if method in INPUT_METHODS and layer is not None:
         raise BadSpecError(f"{method} explains at the input; leave layer out (it got {layer!r})")
     if method not in INPUT_METHODS and layer is None:

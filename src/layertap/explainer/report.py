@@ -28,7 +28,13 @@ from PIL import Image, ImageOps
 
 from layertap._errors import BadInputError, BadSpecError
 from layertap.explainer import maps, viz
-from layertap.explainer.methods import CAM_METHODS, INPUT_METHODS, METHODS, explain
+from layertap.explainer.methods import (
+    ATTENTION_METHODS,
+    CAM_METHODS,
+    INPUT_METHODS,
+    METHODS,
+    explain,
+)
 from layertap.graph.extractor import Extractor
 from layertap.io.data import Decoder, ImageSpec
 
@@ -139,6 +145,15 @@ def _maps_per_layer(
     return out, acts, g
 
 
+def _attention_maps(
+    model: Any, images: np.ndarray, layers: Sequence[str], batch: int
+) -> dict[str, np.ndarray]:
+    """``{caption: rollout maps}`` over ``layers`` (default: every attention layer). There
+    are no feature maps to draw (attention has no channels) and no class explained."""
+    rollout = explain(model, images, list(layers) or None, method="rollout", batch_size=batch)
+    return {f"rollout over {len(rollout.info['layer'])} attention layers": rollout}
+
+
 def _top_classes(
     scores: np.ndarray, labels: Sequence[str] | None, top: int
 ) -> list[tuple[str, float]]:
@@ -196,14 +211,20 @@ class _Image:
             heat = viz.overlay(picture, heatmap)
             heat.save(folder / "overlays" / name)
             written.append(folder / "overlays" / name)
-            features = viz.feature_grid(self.acts[spec], count=grid, order="top")
-            features.save(folder / "grids" / name)
-            panels.append(_figure_html(heat, f"{method} at {spec}", f"{method} {spec}"))
-            panels.append(_figure_html(features, f"top {grid} channels of {spec}", spec))
+            caption = spec if method in ATTENTION_METHODS else f"{method} at {spec}"
+            panels.append(_figure_html(heat, caption, f"{method} {spec}"))
+            if spec in self.acts:
+                features = viz.feature_grid(self.acts[spec], count=grid, order="top")
+                features.save(folder / "grids" / name)
+                panels.append(_figure_html(features, f"top {grid} channels of {spec}", spec))
         section = (
             f"<h2>{html.escape(Path(self.path).name)}</h2>"
-            f"<p>explained: {html.escape(_class_name(self.target, labels))}</p>"
-            f"<table><tr><th>class</th><th>score</th></tr>{rows}</table>"
+            + (
+                ""
+                if method in ATTENTION_METHODS
+                else f"<p>explained: {html.escape(_class_name(self.target, labels))}</p>"
+            )
+            + f"<table><tr><th>class</th><th>score</th></tr>{rows}</table>"
             f'<div class="panels">{"".join(panels)}</div>'
         )
         return section, written
@@ -253,7 +274,7 @@ def write_report(
     """
     if method not in METHODS:
         raise BadSpecError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if not layers:
+    if not layers and method not in ATTENTION_METHODS:
         raise BadSpecError("the report needs at least one layer (--layer SPEC)")
     folder = Path(out)
     probe = Extractor(model, {_OUTPUT: -1}, preprocess=preprocess, size=size, resize=resize)
@@ -263,30 +284,38 @@ def write_report(
     if images is None:
         shown = "; ".join(f"{p}: {r}" for p, r in failed[:3])
         raise BadInputError(f"none of the {len(failed)} inputs could be decoded ({shown})")
-    per_layer, acts, g = _maps_per_layer(model, images, layers, method, target, batch_size)
-    for sub in ("overlays", "grids"):
+    if method in ATTENTION_METHODS:
+        per_layer, targets = _attention_maps(model, images, layers, batch_size), None
+        acts: dict[str, np.ndarray] = {}
+        outputs = probe.predict(images, batch_size=batch_size)[_OUTPUT].reshape(len(good), -1)
+        title = f"layertap explain: {method} over {', '.join(layers) or 'every attention layer'}"
+    else:
+        per_layer, acts, g = _maps_per_layer(model, images, layers, method, target, batch_size)
+        outputs = g.activations[_OUTPUT].reshape(len(good), -1)
+        targets = g.targets
+        title = f"layertap explain: {method} at {', '.join(layers)}"
+    for sub in ("overlays", "grids") if acts else ("overlays",):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    outputs = g.activations[_OUTPUT].reshape(len(good), -1)
     written: list[Path] = []
     sections = []
     for i, path in enumerate(good):
         one = _Image(
             path,
-            {spec: per_layer[spec][i] for spec in layers},
-            {spec: acts[spec][i] for spec in layers},
+            {spec: m[i] for spec, m in per_layer.items()},
+            {spec: a[i] for spec, a in acts.items()},
             outputs[i],
-            None if g.targets is None else int(g.targets[i]),
+            None if targets is None else int(targets[i]),
         )
         section, pictures = one.write(folder, method, labels, top, grid)
         sections.append(section)
         written.extend(pictures)
-    stats = viz.activation_stats({spec: viz.layer_stats(a) for spec, a in acts.items()})
-    stats.save(folder / "activation_stats.png")
-    sections.append(
-        "<h2>Activation statistics</h2>"
-        + _figure_html(stats, "per layer, over all images", "activation statistics")
-    )
-    title = f"layertap explain: {method} at {', '.join(layers)}"
+    if acts:
+        stats = viz.activation_stats({spec: viz.layer_stats(a) for spec, a in acts.items()})
+        stats.save(folder / "activation_stats.png")
+        sections.append(
+            "<h2>Activation statistics</h2>"
+            + _figure_html(stats, "per layer, over all images", "activation statistics")
+        )
     index = folder / "index.html"
     index.write_text(_page(title, len(good), failed, "".join(sections)), encoding="utf-8")
     return Report(index, written, good, failed)
