@@ -13,7 +13,13 @@ random images (default 256):
 - **tf-keras-vis** (TensorFlow only, when installed): its ``Gradcam`` on a *flattened*
   copy of the model (the backbone's layers re-applied in one Functional; tf-keras-vis
   fails on the nested model), same layer, ``ReplaceToLinear``, ``CategoricalScore`` of
-  the top classes; the largest difference from layertap's maps is printed.
+  the top classes, ``seek_penultimate_conv_layer=False`` (by default it explains the
+  nearest Conv2D before a layer that is not one: ``block_13_expand``, not its ReLU).
+  Each image's largest difference from layertap's map (both at the layer's resolution,
+  in [0, 1]) is taken; their median must stay below 1e-3, their maximum is printed.
+  Both are float32 tapes (layertap's compiled, tf-keras-vis's eager) of a network whose
+  float32 maps sit ~2e-3 (median image) to 0.2 from a float64 tape's, and up to 1.0 on
+  images whose channel sum nearly cancels before normalising: benchmarks/README.md.
 - diagnostics: ``explain``'s first call on the model (it walks the model, builds the
   gradient model and traces its step; later calls reuse them, as ``predict`` reuses its
   compiled function after its warm-up), ``Extractor.gradients`` alone (no maps),
@@ -42,6 +48,7 @@ from _timing import environment, interleaved
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 LAYER = "block_13_expand_relu"
+AGREE = 1e-3  # median over images of max |layertap - tf-keras-vis| (measured: 2.4e-5)
 
 
 def build(size: int) -> Any:
@@ -143,6 +150,7 @@ def main() -> None:
                         CategoricalScore(list(top[i : i + b])),
                         x[i : i + b],
                         penultimate_layer=LAYER,
+                        seek_penultimate_conv_layer=False,  # LAYER, not the conv before it
                         expand_cam=False,
                     )  # fmt: skip
                     for i in range(0, len(x), b)
@@ -155,9 +163,10 @@ def main() -> None:
     t0 = time.perf_counter()
     outs = {k: f() for k, f in variants.items()}
     warmup = time.perf_counter() - t0
-    agreement = None
-    if "tf_keras_vis" in outs:  # reported, not asserted: see benchmarks/README.md
-        agreement = float(np.abs(np.asarray(outs["explain_small"]) - outs["tf_keras_vis"]).max())
+    agreement = None  # each image's max |layertap - tf-keras-vis| of the [0, 1] maps
+    if "tf_keras_vis" in outs:
+        diff = np.abs(np.asarray(outs["explain_small"]) - outs["tf_keras_vis"])
+        agreement = diff.reshape(len(x), -1).max(axis=1)
     times = interleaved(variants, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(environment(load0[0]))
@@ -181,14 +190,22 @@ def main() -> None:
     if "tf_keras_vis" in med:
         rows.append(("tf-keras-vis Gradcam on a flattened copy, s", med["tf_keras_vis"], "", ""))
         rows.append(("ratio tf-keras-vis / predict", med["tf_keras_vis"] / med["predict"], "", ""))
-        rows.append(("max |layertap - tf-keras-vis| of the [0, 1] maps", agreement, "", ""))
+        assert agreement is not None
+        typical = float(np.median(agreement))
+        rows.append(("max |layertap - tf-keras-vis| of the [0, 1] maps", agreement.max(), "", ""))
+        rows.append(("  each image's max |diff|, median", typical, "< 1e-3", typical < AGREE))
+        rows.append(("  images whose max |diff| < 1e-3, share", (agreement < 1e-3).mean(), "", ""))
     print(f"{'measure':56} {'value':>8} {'target':>8}  ok")
     for name, value, target, ok in rows:
         mark = "" if ok == "" else ("yes" if ok else "NO")
-        print(f"{name:56} {value:8.2f} {target:>8}  {mark}")
+        shown = f"{value:8.2f}" if value == 0 or abs(value) >= 0.01 else f"{value:8.1e}"
+        print(f"{name:56} {shown} {target:>8}  {mark}")
     print("all repeats (s):")
     for k, v in times.items():
         print(f"  {k:14s} " + " ".join(f"{t:.2f}" for t in v))
+    if agreement is not None:
+        typical = float(np.median(agreement))
+        assert typical < AGREE, f"layertap and tf-keras-vis differ by {typical:.3g} (median)"
 
 
 if __name__ == "__main__":

@@ -224,6 +224,51 @@ def test_tf_keras_vis_gives_the_same_maps_on_a_flat_model(
     np.testing.assert_allclose(ours, np.asarray(theirs), rtol=0, atol=1e-4)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf-keras-vis runs on TF only")
+@pytest.mark.filterwarnings("ignore:Please import `zoom`:DeprecationWarning")
+def test_tf_keras_vis_gives_the_same_gradcam_at_a_mobilenet_relu_when_it_does_not_seek_a_conv(
+    rng: np.random.Generator,
+) -> None:
+    """At a ReLU, tf-keras-vis's Gradcam explains the nearest Conv2D before it unless told
+    not to seek one: that was the benchmark's disagreement (max |diff| 1.0)."""
+    pytest.importorskip("tf_keras_vis", reason="tf-keras-vis is an optional test dependency")
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), classes=10)
+    # Keras's default initialisation leaves this net's logits at ~1e-12 and its maps float32
+    # noise; seeded O(1) weights as in benchmarks/bench_explain.py.
+    seeded = np.random.default_rng(11)
+    for w in model.weights:
+        shape = tuple(w.shape)
+        if "variance" in w.path or "gamma" in w.path:
+            value = seeded.uniform(0.5, 1.5, shape)
+        elif len(shape) >= 2:
+            fan_in = shape[0] * shape[1] if "depthwise" in w.path else int(np.prod(shape[:-1]))
+            value = seeded.normal(0, np.sqrt(2.0 / fan_in), shape)
+        else:
+            value = seeded.normal(0, 0.1, shape)
+        w.assign(value.astype("float32"))
+    x = rng.uniform(-1, 1, size=(3, 64, 64, 3)).astype("float32")
+    target, name = [3, 7, 0], "block_13_expand_relu"
+    # Both at the layer's resolution (4x4), each map min-max normalised per image.
+    ours = np.asarray(explain(model, x, name, target=target, upsample=False))
+    peer = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
+
+    def theirs(seek: bool) -> np.ndarray:
+        return np.asarray(
+            peer(CategoricalScore(target), x, penultimate_layer=name,
+                 seek_penultimate_conv_layer=seek, expand_cam=False, normalize_cam=True)
+        )  # fmt: skip
+
+    assert ours.shape == (3, 4, 4)
+    # Measured 3.6e-6 (float32; tf-keras-vis divides by max - min + 1e-7).
+    np.testing.assert_allclose(ours, theirs(seek=False), rtol=0, atol=1e-4)
+    # Its default seeks block_13_expand (the Conv2D before the BatchNorm and the ReLU).
+    assert np.abs(ours - theirs(seek=True)).max() > 0.5
+
+
 def test_scorecam_runs_forward_passes_only(
     cnn: keras.Model, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
