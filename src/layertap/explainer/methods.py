@@ -5,6 +5,11 @@ Each method is a small function over activations and gradients from
 over forward passes only (Score-CAM), or over several gradient passes at the input
 (SmoothGrad, integrated gradients). The maps are computed at the layer's resolution,
 then upsampled to the input's (``upsample=True``) and normalised to [0, 1] per image.
+
+At a ``(batch, tokens, dim)`` layer (an embedding, a transformer block) the
+:data:`TOKEN_METHODS` give one signed, raw attribution per token instead, padding 0;
+layer integrated gradients runs the rest of the model from the scaled tap
+(``Extractor.gradients(..., scale=)``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from keras import tree
 from layertap._errors import BadInputError, BadSpecError, LayerNotFoundError
 from layertap.explainer import maps
 from layertap.graph.extractor import Extractor
-from layertap.graph.gradients import Gradients, Target
+from layertap.graph.gradients import Gradients, Target, check_rows
+from layertap.io.reduce import MASK_INPUT
 
 __all__ = [
     "ALL_SCORES",
@@ -29,6 +35,7 @@ __all__ = [
     "CAM_METHODS",
     "INPUT_METHODS",
     "METHODS",
+    "TOKEN_METHODS",
     "Explanation",
     "explain",
 ]
@@ -48,6 +55,8 @@ INPUT_METHODS = ("saliency", "smoothgrad", "integrated_gradients")
 ATTENTION_METHODS = ("rollout",)
 #: Every method ``explain`` takes.
 METHODS = (*CAM_METHODS, "scorecam", *INPUT_METHODS, *ATTENTION_METHODS)
+#: Methods that give one signed attribution per token at a ``(batch, tokens, dim)`` layer.
+TOKEN_METHODS = ("gradxact", "integrated_gradients", "saliency")
 #: The spec ``rollout`` taps by default: every attention layer's probabilities.
 ALL_SCORES = "**/scores"
 
@@ -55,12 +64,15 @@ _KEY = "layer"
 
 
 class Explanation(np.ndarray):
-    """The maps, ``(n, H, W)`` float32 in [0, 1], with what made them in ``info``.
+    """The maps, ``(n, H, W)`` float32 in [0, 1], with what made them in ``info``; or,
+    at a token layer, the attributions ``(n, tokens)``, float32, signed and raw.
 
     ``info`` holds ``method``, ``layer``, ``targets`` (the class of each row) and
     ``scores`` (its pre-softmax score), and for integrated gradients ``completeness``:
     the attributions' sum next to ``score(x) - score(baseline)``, per row, and the
-    largest relative gap.
+    largest relative gap. Token attributions add ``tokens`` (each row's token strings,
+    padding included, or ``None`` without a tokenizer) and ``mask`` (per row, ``True``
+    for a real token, or ``None`` when the model has no padding mask).
     """
 
     info: dict[str, Any]
@@ -133,11 +145,18 @@ def _layer_maps(
     g = ex.gradients(x, target, batch_size=batch_size)
     acts, grads = g.activations[_KEY], g.gradients[_KEY]
     if acts.ndim != 4:
-        raise BadSpecError(
-            f"{method} needs a spatial layer (n, height, width, channels); the tapped layer "
-            f"gives {acts.shape}: pick a convolutional layer (layertap layers MODEL)"
-        )
+        raise _not_spatial(ex, method, acts.shape)
     return CAM_METHODS[method](acts, grads), g
+
+
+def _not_spatial(ex: Extractor, method: str, shape: tuple[int | None, ...]) -> BadSpecError:
+    """The error for a map method at a layer that is not ``(n, height, width, channels)``."""
+    hint = " (for token attributions: gradxact)" if len(shape) == 3 else ""
+    return BadSpecError(
+        f"{method} needs a spatial layer (n, height, width, channels); the tapped layer "
+        f"{ex.places[_KEY].path!r} gives {tuple(shape)}: pick a convolutional layer "
+        f"(layertap layers MODEL){hint}"
+    )
 
 
 def _classes(target: Target, top: np.ndarray) -> np.ndarray:
@@ -206,6 +225,28 @@ def _smoothgrad(
     return (total / samples).max(axis=-1), g
 
 
+def _completeness(
+    sums: np.ndarray, expected: np.ndarray, steps: int, baseline: str
+) -> dict[str, Any]:
+    """Integrated gradients' check: the attributions' sums against ``expected``
+    (score(x) - score(baseline)), logged as a warning when off by over 5%."""
+    gap = np.abs(sums - expected) / np.maximum(np.abs(expected), 1e-6)
+    if gap.max() > 0.05:
+        logger.warning(
+            "integrated gradients: attributions miss score(x) - score(%s) by up to "
+            "%.1f%% with %d steps; pass steps= higher",
+            baseline,
+            100 * gap.max(),
+            steps,
+        )
+    return {
+        "attributions": sums.tolist(),
+        "score_minus_baseline": expected.tolist(),
+        "max_relative_gap": float(gap.max()),
+        "steps": steps,
+    }
+
+
 def _integrated(
     ex: Extractor, x: np.ndarray, target: Target, batch_size: int, steps: int
 ) -> tuple[np.ndarray, Gradients, dict[str, Any]]:
@@ -227,22 +268,120 @@ def _integrated(
             at_baseline = step.scores
     attributions = (x - baseline) * total / steps
     sums = attributions.sum(axis=(1, 2, 3))
-    expected = g.scores - at_baseline
-    gap = np.abs(sums - expected) / np.maximum(np.abs(expected), 1e-6)
-    check = {
-        "attributions": sums.tolist(),
-        "score_minus_baseline": expected.tolist(),
-        "max_relative_gap": float(gap.max()),
-        "steps": steps,
-    }
-    if gap.max() > 0.05:
-        logger.warning(
-            "integrated gradients: attributions miss score(x) - score(baseline) by up to "
-            "%.1f%% with %d steps; pass steps= higher",
-            100 * gap.max(),
-            steps,
-        )
+    check = _completeness(sums, g.scores - at_baseline, steps, "baseline")
     return np.abs(attributions).sum(axis=-1), g, check
+
+
+def _token_layer(ex: Extractor, method: str) -> bool:
+    """Whether the tap is a token layer ``(batch, tokens, dim)``, for a token method.
+
+    ``gradxact`` also takes a spatial layer (a map); any other shape is an error naming
+    the layer and its shape.
+    """
+    shape = tuple(ex.outputs[_KEY].shape)
+    if len(shape) == 3:
+        return True
+    if method in CAM_METHODS and len(shape) == 4:
+        return False
+    also = " (or a spatial layer (batch, height, width, channels) for a map)"
+    raise BadSpecError(
+        f"{method} at a layer gives token attributions and needs a (batch, tokens, dim) "
+        f"layer{also if method in CAM_METHODS else ''}; {ex.places[_KEY].path!r} gives "
+        f"{shape}: pick an embedding or a transformer block (layertap layers MODEL)"
+        + ("" if method in CAM_METHODS else f", or leave layer out for {method} at the input")
+    )
+
+
+def _token_mask(arrays: Any, g: Gradients, shape: tuple[int, int]) -> np.ndarray | None:
+    """``(n, tokens)`` True for real tokens: the ``padding_mask`` input and the tap's
+    Keras mask, where either is token-aligned; ``None`` when neither is."""
+    found = []
+    if isinstance(arrays, dict) and MASK_INPUT in arrays:
+        found.append(np.asarray(keras.ops.convert_to_numpy(arrays[MASK_INPUT])) != 0)
+    if _KEY in g.masks:
+        found.append(np.asarray(g.masks[_KEY], bool))
+    found = [m for m in found if m.shape == shape]
+    return np.logical_and.reduce(found) if found else None
+
+
+def _token_strings(ex: Extractor, arrays: Any, shape: tuple[int, int]) -> list[list[str]] | None:
+    """Each row's tokens (``tokenizer.id_to_token``, padding included) for a model with a
+    keras-hub tokenizer; ``None`` for one without."""
+    tokenizer = getattr(ex.preprocessor, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    ids = arrays.get("token_ids") if isinstance(arrays, dict) else arrays
+    ids = None if ids is None else np.asarray(keras.ops.convert_to_numpy(ids))
+    if ids is None or ids.shape != shape or not np.issubdtype(ids.dtype, np.integer):
+        return None
+    return [[str(tokenizer.id_to_token(int(i))) for i in row] for row in ids]
+
+
+def _layer_integrated(
+    ex: Extractor, arrays: Any, g: Gradients, target: Target, batch_size: int, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Layer integrated gradients from a zero baseline at the tap, trapezoid rule.
+
+    Pass ``j`` scales the tap by ``alpha = j / steps`` (the rest of the model runs from
+    ``alpha * a``) and takes the gradient there; the attributions are ``a`` times the
+    mean gradient. Returns ``(attributions like a, score with the tap zeroed)``.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise BadSpecError(f"integrated_gradients steps={steps!r}: give a whole number >= 1")
+    classes = g.targets if g.targets is not None else target
+    acts = g.activations[_KEY]
+    total = np.zeros_like(acts)
+    at_baseline = g.scores
+    for j in range(steps + 1):
+        step = (
+            g  # alpha = 1: the first pass's gradients
+            if j == steps
+            else ex.gradients(arrays, classes, batch_size=batch_size, scale={_KEY: j / steps})
+        )
+        total += (0.5 if j in (0, steps) else 1.0) * step.gradients[_KEY]
+        if j == 0:
+            at_baseline = step.scores
+    return acts * total / steps, at_baseline
+
+
+def _tokens(
+    ex: Extractor, x: Any, method: str, layer: Any, target: Target, batch_size: int, steps: int
+) -> Explanation:
+    """Token attributions at the tapped ``(batch, tokens, dim)`` layer (see :func:`explain`)."""
+    arrays = ex.inputs(x)
+    check_rows(arrays)
+    g = ex.gradients(arrays, target, batch_size=batch_size)
+    if _KEY not in g.gradients:
+        raise BadSpecError(
+            f"{method}: the layer {ex.places[_KEY].path!r} gives integers "
+            f"({ex.outputs[_KEY].dtype}), which have no gradient: tap the embedding's output"
+        )
+    acts, grads = g.activations[_KEY], g.gradients[_KEY]
+    extra: dict[str, Any] = {}
+    if method == "gradxact":
+        raw = (acts * grads).sum(axis=-1)
+    elif method == "saliency":
+        raw = np.sqrt((grads.astype(np.float64) ** 2).sum(axis=-1))
+    else:
+        attributions, at_baseline = _layer_integrated(ex, arrays, g, target, batch_size, steps)
+        raw = attributions.sum(axis=-1)
+    shape = (int(raw.shape[0]), int(raw.shape[1]))
+    mask = _token_mask(arrays, g, shape)
+    if mask is not None:
+        raw = np.where(mask, raw, 0.0)
+    if method == "integrated_gradients":
+        sums = raw.sum(axis=1)
+        extra["completeness"] = _completeness(sums, g.scores - at_baseline, steps, "layer = 0")
+    info = {
+        "method": method,
+        "layer": layer,
+        "targets": None if g.targets is None else g.targets.tolist(),
+        "scores": g.scores.tolist(),
+        "tokens": _token_strings(ex, arrays, shape),
+        "mask": None if mask is None else mask.tolist(),
+        **extra,
+    }
+    return Explanation(raw.astype(np.float32), info)
 
 
 def _rollout(
@@ -311,69 +450,23 @@ def _rollout(
     return _finish(np.concatenate(out), images.shape[1:3] if size else None, info)
 
 
-def explain(
+def _image_maps(
     model: Any,
     x: Any,
-    layer: Any = None,
-    *,
-    method: str = "gradcam",
-    target: Target = None,
-    upsample: bool = True,
-    batch_size: int = 32,
-    **options: Any,
+    method: str,
+    layer: Any,
+    target: Target,
+    upsample: bool,
+    batch_size: int,
+    options: dict[str, Any],
 ) -> Explanation:
-    """Maps of where ``model`` looks for its ``target``, one per image, in [0, 1].
-
-    Args:
-        model: a ``keras.Model`` (nested sub-models, shared and custom layers
-            included) or a :class:`~layertap.Preset`, taking one image input.
-        x: images: an array ``(n, H, W, C)`` as the model takes it, image paths or
-            PIL images (decoded as :class:`~layertap.Extractor` decodes them).
-        layer: the spatial layer spec for the CAM methods (``"backbone/block_13"``);
-            ``None`` for the input methods.
-        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"gradxact"``,
-            ``"scorecam"`` (forward passes only; ``max_channels=`` the most varied
-            channels, default 64), ``"saliency"``, ``"smoothgrad"`` (``samples=``
-            20, ``noise=`` 0.15) or ``"integrated_gradients"`` (``steps=`` 32; the
-            completeness check is in ``.info`` and logged when off by over 5%), or
-            ``"rollout"`` (attention rollout of a vision transformer, forward only:
-            ``layer=`` the attention probabilities to roll out, a spec or a list in
-            block order, default every attention layer's, ``"**/scores"``;
-            ``head_fusion=`` ``"mean"``, ``"max"`` or ``"min"``; ``discard_ratio=``
-            0.0, the share of each row's smallest weights dropped, the class token's
-            kept; ``prefix_tokens=`` the tokens before the patches, by default the
-            fewest, at least one, that leave a patch grid with the image's aspect:
-            a class token, DINOv2's registers; 0 for a model without a class token,
-            whose map is the mean of every token's row).
-        target: ``None`` for each image's top class, or what
-            :meth:`~layertap.Extractor.gradients` takes.
-        upsample: maps at the input's resolution (``True``) or the layer's.
-        batch_size: images per forward and backward pass.
-
-    Returns:
-        An :class:`Explanation`: a float32 array ``(n, H, W)`` with ``.info``.
-
-    Example:
-        >>> import keras, numpy as np
-        >>> m = keras.Sequential([keras.Input((8, 8, 3)),
-        ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
-        ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
-        >>> x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
-        >>> cam = explain(m, x, "conv")
-        >>> cam.shape, float(cam.max()) <= 1.0, explain(m, x, "conv", upsample=False).shape
-        ((2, 8, 8), True, (2, 6, 6))
-    """
-    if method not in METHODS:
-        raise BadSpecError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if method == "rollout":
-        return _rollout(model, x, layer, upsample, batch_size, options)
-    if method in INPUT_METHODS and layer is not None:
-        raise BadSpecError(f"{method} explains at the input; leave layer out (it got {layer!r})")
-    if method not in INPUT_METHODS and layer is None:
-        raise BadSpecError(f"{method} needs layer=, a spatial layer of the model")
+    """The image methods of :func:`explain`: one map per image, in [0, 1]."""
     # The input methods tap the last layer only to have a tap: they read input gradients.
     taps = {_KEY: layer if layer is not None else -1}
     ex = _extractor(model, {**taps, "out": -1} if method == "scorecam" else taps)
+    shape = tuple(ex.outputs[_KEY].shape)
+    if layer is not None and len(shape) != 4:  # before the inputs: a text model's are ids
+        raise _not_spatial(ex, method, shape)
     images = _image_input(ex, x)
     size = images.shape[1:3] if upsample else None
     extra: dict[str, Any] = {}
@@ -403,3 +496,93 @@ def explain(
         **extra,
     }
     return _finish(raw, size, info)
+
+
+def explain(
+    model: Any,
+    x: Any,
+    layer: Any = None,
+    *,
+    method: str = "gradcam",
+    target: Target = None,
+    upsample: bool = True,
+    batch_size: int = 32,
+    **options: Any,
+) -> Explanation:
+    """Maps of where ``model`` looks for its ``target``, one per image, in [0, 1]; or, at a
+    token layer, one signed attribution per token.
+
+    Args:
+        model: a ``keras.Model`` (nested sub-models, shared and custom layers
+            included) or a :class:`~layertap.Preset`, taking one image input (for the
+            token methods: any inputs, such as a keras-hub text model's).
+        x: images: an array ``(n, H, W, C)`` as the model takes it, image paths or
+            PIL images (decoded as :class:`~layertap.Extractor` decodes them); for the
+            token methods what the model takes (token ids, a dict of keras-hub inputs),
+            or a list of strings for a text preset (tokenized by its preprocessor).
+        layer: the spatial layer spec for the CAM methods (``"backbone/block_13"``);
+            ``None`` for the input methods; a ``(batch, tokens, dim)`` layer (an
+            embedding, a transformer block) for token attributions.
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"gradxact"``,
+            ``"scorecam"`` (forward passes only; ``max_channels=`` the most varied
+            channels, default 64), ``"saliency"``, ``"smoothgrad"`` (``samples=``
+            20, ``noise=`` 0.15) or ``"integrated_gradients"`` (``steps=`` 32; the
+            completeness check is in ``.info`` and logged when off by over 5%), or
+            ``"rollout"`` (attention rollout of a vision transformer, forward only:
+            ``layer=`` the attention probabilities to roll out, a spec or a list in
+            block order, default every attention layer's, ``"**/scores"``;
+            ``head_fusion=`` ``"mean"``, ``"max"`` or ``"min"``; ``discard_ratio=``
+            0.0, the share of each row's smallest weights dropped, the class token's
+            kept; ``prefix_tokens=`` the tokens before the patches, by default the
+            fewest, at least one, that leave a patch grid with the image's aspect:
+            a class token, DINOv2's registers; 0 for a model without a class token,
+            whose map is the mean of every token's row). At a token layer:
+            ``"gradxact"`` (gradient x activation, summed over ``dim``),
+            ``"integrated_gradients"`` (from the layer zeroed: the model runs on from
+            ``alpha * a``; ``a`` x the mean gradient, summed over ``dim``; completeness
+            against ``score(x) - score(layer = 0)``) or ``"saliency"`` (the gradient's
+            L2 norm over ``dim``); padding tokens (``padding_mask``, a Keras mask) get 0.
+        target: ``None`` for each image's top class, or what
+            :meth:`~layertap.Extractor.gradients` takes.
+        upsample: maps at the input's resolution (``True``) or the layer's.
+        batch_size: images per forward and backward pass.
+
+    Returns:
+        An :class:`Explanation`: a float32 array ``(n, H, W)`` with ``.info``; at a
+        token layer ``(n, tokens)``, signed and raw, ``.info["tokens"]`` and ``["mask"]``
+        as :class:`Explanation` says (padding tokens kept: they line up with columns).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((8, 8, 3)),
+        ...     keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+        ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+        >>> x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+        >>> cam = explain(m, x, "conv")
+        >>> cam.shape, float(cam.max()) <= 1.0, explain(m, x, "conv", upsample=False).shape
+        ((2, 8, 8), True, (2, 6, 6))
+
+        Token attributions at an embedding (token 0 is padding):
+
+        >>> t = keras.Sequential([keras.Input((5,), dtype="int32"),
+        ...     keras.layers.Embedding(20, 4, mask_zero=True, name="emb"),
+        ...     keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+        >>> ids = np.array([[3, 7, 9, 0, 0], [1, 2, 3, 4, 5]], "int32")
+        >>> a = explain(t, ids, "emb", method="integrated_gradients", steps=8)
+        >>> a.shape, a[0, 3:].tolist(), a.info["mask"][0]
+        ((2, 5), [0.0, 0.0], [True, True, True, False, False])
+    """
+    if method not in METHODS:
+        raise BadSpecError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method == "rollout":
+        return _rollout(model, x, layer, upsample, batch_size, options)
+    if method in TOKEN_METHODS and layer is not None:
+        ex = _extractor(model, {_KEY: layer})
+        if _token_layer(ex, method):
+            steps = options.get("steps", 32)
+            return _tokens(ex, x, method, layer, target, batch_size, steps)
+    elif method in INPUT_METHODS and layer is not None:
+        raise BadSpecError(f"{method} explains at the input; leave layer out (it got {layer!r})")
+    if method not in INPUT_METHODS and layer is None:
+        raise BadSpecError(f"{method} needs layer=, a spatial layer of the model")
+    return _image_maps(model, x, method, layer, target, upsample, batch_size, options)

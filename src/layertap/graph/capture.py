@@ -166,7 +166,7 @@ _SESSIONS: contextvars.ContextVar[tuple[_Session, ...]] = contextvars.ContextVar
 
 @dataclasses.dataclass
 class Probing:
-    """One gradient pass: what :func:`probe` adds at each tap, and what it saw there.
+    """One gradient pass: what :func:`probe` does at each tap, and what it saw there.
 
     Attributes:
         deltas: ``{tap key: tensor}`` added to the tap's value (zeros whose gradient
@@ -174,10 +174,17 @@ class Probing:
             ``None``.
         seen: ``{tap key: tensor}``, the value each tap passed on downstream (what
             TensorFlow's tape and torch's autograd differentiate at).
+        scales: ``{tap key: factor}`` the tap's value is multiplied by before it is
+            passed on (the rest of the model runs from the scaled value: layer
+            integrated gradients), or ``None``.
+        masks: ``{tap key: tensor}``, the Keras mask that came with a tap's value
+            (``Embedding(mask_zero=True)`` and the layers after it), where one did.
     """
 
     deltas: Mapping[str, Any] | None = None
     seen: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scales: Mapping[str, Any] | None = None
+    masks: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _PROBING: contextvars.ContextVar[Probing | None] = contextvars.ContextVar(
@@ -186,16 +193,25 @@ _PROBING: contextvars.ContextVar[Probing | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def probing(deltas: Mapping[str, Any] | None = None) -> Iterator[Probing]:
+def probing(
+    deltas: Mapping[str, Any] | None = None, scales: Mapping[str, Any] | None = None
+) -> Iterator[Probing]:
     """Run a gradient model's forward pass with its probes live (see :func:`probe`).
+
+    ``scales`` multiplies taps' values for this pass (``{key: factor}``), ``deltas``
+    is added after the scaling.
 
     Example:
         >>> with probing() as p:
         ...     y = probe("h", 3.0)
         >>> y, p.seen
         (3.0, {'h': 3.0})
+        >>> with probing(scales={"h": 0.5}) as p:
+        ...     y = probe("h", keras.ops.convert_to_tensor(3.0))
+        >>> float(keras.ops.convert_to_numpy(y))
+        1.5
     """
-    state = Probing(deltas)
+    state = Probing(deltas, scales=scales)
     token = _PROBING.set(state)
     try:
         yield state
@@ -203,9 +219,10 @@ def probing(deltas: Mapping[str, Any] | None = None) -> Iterator[Probing]:
         _PROBING.reset(token)
 
 
-def probe(key: str, value: Any) -> Any:
+def probe(key: str, value: Any, mask: Any = None) -> Any:
     """``value`` at tap ``key``: passed on as it is, except in a gradient pass, where
-    its perturbation is added and the value passed on is recorded.
+    it is scaled (by the pass's factor for ``key``, if any), its perturbation is added,
+    and the value passed on is recorded, with its Keras ``mask`` when it has one.
 
     Example:
         >>> probe("h", 2.0)  # no gradient pass: unchanged, nothing recorded
@@ -218,15 +235,21 @@ def probe(key: str, value: Any) -> Any:
     state = _PROBING.get()
     if state is None:
         return value
+    if state.scales is not None and key in state.scales:
+        value = keras.ops.multiply(value, keras.ops.cast(state.scales[key], value.dtype))
     if state.deltas is not None and key in state.deltas:
         value = keras.ops.add(value, keras.ops.cast(state.deltas[key], value.dtype))
     state.seen[key] = value
+    if mask is not None:
+        state.masks[key] = mask
     return value
 
 
 @keras.saving.register_keras_serializable(package="layertap")
 class Probe(keras.layers.Layer):  # type: ignore[misc]
     """An identity layer at a graph tap: :func:`probe` for the tap ``key``.
+
+    A Keras mask on its input passes through (and is recorded in a gradient pass).
 
     Example:
         >>> import numpy as np
@@ -240,11 +263,12 @@ class Probe(keras.layers.Layer):  # type: ignore[misc]
         super().__init__(autocast=False, **kwargs)
         self.key = key
         self.built = True
+        self.supports_masking = True
 
-    def call(self, x: Any) -> Any:
-        return probe(self.key, x)
+    def call(self, x: Any, mask: Any = None) -> Any:
+        return probe(self.key, x, mask)
 
-    def compute_output_spec(self, x: Any) -> Any:
+    def compute_output_spec(self, x: Any, mask: Any = None) -> Any:
         return keras.KerasTensor(x.shape, dtype=x.dtype, sparse=bool(getattr(x, "sparse", False)))
 
     def get_config(self) -> dict[str, Any]:

@@ -521,7 +521,14 @@ preprocessor (or a layertap.Preset)
         """
         return self._model_inputs(self._arrays(x), inner_graph(self.source) or self.model)
 
-    def gradients(self, x: Any, target: Target = None, *, batch_size: int | None = 32) -> Gradients:
+    def gradients(
+        self,
+        x: Any,
+        target: Target = None,
+        *,
+        batch_size: int | None = 32,
+        scale: Mapping[str, float] | None = None,
+    ) -> Gradients:
         """Activations and gradients of one score per row at every tap and at the input.
 
         One forward and one backward pass per batch, with the backend's autodiff
@@ -539,6 +546,10 @@ preprocessor (or a layertap.Preset)
                 :data:`~layertap.graph.gradients.SCORE`) returning one score per row,
                 written with ``keras.ops``.
             batch_size: rows per forward and backward pass.
+            scale: ``{key: factor}``: for this pass, those taps' values are multiplied
+                by ``factor`` and the model runs on from the scaled values (the
+                activations and gradients there are the scaled values'; layer
+                integrated gradients sweeps ``factor`` from 0 to 1).
 
         Example:
             >>> import keras, numpy as np
@@ -547,6 +558,10 @@ preprocessor (or a layertap.Preset)
             >>> g = Extractor(m, ["h"]).gradients(np.ones((5, 4), "float32"), target=1)
             >>> g.gradients["h"].shape, g.input_gradients.shape, g.targets.tolist()
             ((5, 3), (5, 4), [1, 1, 1, 1, 1])
+            >>> ex = Extractor(m, ["h"])
+            >>> half = ex.gradients(np.ones((5, 4), "float32"), 1, scale={"h": 0.5})
+            >>> bool(np.allclose(half.activations["h"], 0.5 * g.activations["h"]))
+            True
         """
         if self._gradient_runner is None:
             built = build_model(
@@ -566,6 +581,7 @@ preprocessor (or a layertap.Preset)
             runner.run(
                 tree.map_structure(lambda a, r=slice(i, i + size): a[r], x),
                 slice_target(target, slice(i, i + size), n),
+                scale,
             )
             for i in range(0, n, size)
         ]

@@ -14,6 +14,13 @@ backend's own autodiff:
   tap, which the probes add: the gradient at a tap is the gradient at its perturbation.
   The pass runs through ``stateless_call`` under ``jax.jit``, compiled once per shape.
 
+A pass may also *scale* taps (``run(x, target, scale={key: alpha})``): the probe passes
+``alpha * value`` on, so the rest of the model runs from the scaled value, and the
+gradient is taken at the scaled value (the tape's and autograd's tensor is the scaled
+one; JAX's perturbation is added after the scaling). The factors are arguments of the
+compiled step (a ``tf.function`` input, a ``jax.jit`` argument), so a sweep over alpha
+compiles once. This is what layer integrated gradients runs on.
+
 The user's layers are never changed: the probes and the logits head are new layers of
 the gradient model, which re-calls the user's layers as the tap model does.
 """
@@ -65,6 +72,9 @@ class Gradients:
         scores: ``(n,)``, the differentiated score of each row.
         targets: ``(n,)`` flat indices of the scored entries (``None`` for a callable).
         output: the model's score output (logits where the model ends in a softmax).
+        masks: ``{key: bool array}``, the Keras mask that came with a tap (an
+            ``Embedding(mask_zero=True)`` and the layers after it), for the taps that
+            had one.
     """
 
     activations: dict[str, np.ndarray]
@@ -73,6 +83,7 @@ class Gradients:
     scores: np.ndarray
     targets: np.ndarray | None
     output: np.ndarray
+    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _flat_rows(x: Any) -> Any:
@@ -154,17 +165,25 @@ class GradientRunner:
         self.keys = [k for k in keys if _floating(model.output[k])]
         self._jitted: dict[Any, Any] = {}
 
-    def run(self, x: Any, target: Target = None) -> Gradients:
-        """Differentiate one batch ``x`` (what the gradient model takes) at its taps."""
+    def run(
+        self, x: Any, target: Target = None, scale: Mapping[str, float] | None = None
+    ) -> Gradients:
+        """Differentiate one batch ``x`` (what the gradient model takes) at its taps.
+
+        ``scale`` (``{tap key: factor}``) multiplies those taps' values for this pass:
+        the model runs on from ``factor * value``, and the activations and gradients
+        reported there are the scaled value's.
+        """
         n = int(keras.ops.shape(tree.flatten(x)[0])[0])
         score, index = _score_for(target, [k for k in self.model.output if k != SCORE], n)
+        scales = self._scales(scale)
         backend = keras.backend.backend()
         if backend == "jax":
-            out, grads, gx, scores, used = self._jax(x, score, index)
+            out, grads, gx, scores, used, masks = self._jax(x, score, index, scales)
         elif backend == "torch":
-            out, grads, gx, scores, used = self._torch(x, score, index)
+            out, grads, gx, scores, used, masks = self._torch(x, score, index, scales)
         else:
-            out, grads, gx, scores, used = self._tensorflow(x, score, index)
+            out, grads, gx, scores, used, masks = self._tensorflow(x, score, index, scales)
         numpy = keras.ops.convert_to_numpy
         return Gradients(
             activations={k: numpy(v) for k, v in out.items() if k != SCORE},
@@ -175,32 +194,53 @@ class GradientRunner:
             scores=numpy(scores),
             targets=None if score.fn is not None else numpy(used),
             output=numpy(out[SCORE]),
+            masks={k: numpy(m).astype(bool) for k, m in masks.items() if k != SCORE},
         )
 
-    def _tensorflow(self, x: Any, score: _Score, index: np.ndarray) -> tuple[Any, ...]:
+    def _scales(self, scale: Mapping[str, float] | None) -> dict[str, np.ndarray]:
+        """``scale`` checked: float taps of this model, one number each (float32)."""
+        if not scale:
+            return {}
+        unknown = sorted(k for k in scale if k not in self.keys)
+        if unknown:
+            raise BadSpecError(
+                f"scale= names taps {unknown!r}; a pass scales the floating-point taps "
+                f"{self.keys!r}"
+            )
+        out = {k: np.asarray(v, np.float32) for k, v in scale.items()}
+        bad = sorted(k for k, v in out.items() if v.ndim != 0)
+        if bad:
+            raise BadSpecError(f"scale= takes one number per tap; {bad!r} got arrays")
+        return out
+
+    def _tensorflow(
+        self, x: Any, score: _Score, index: np.ndarray, scales: dict[str, np.ndarray]
+    ) -> tuple[Any, ...]:
         import tensorflow as tf
 
         xs = tree.map_structure(tf.convert_to_tensor, x)
-        step = self._jitted.get(score)
-        if step is None:  # one tf.function per score, traced per input shape
-            step = self._jitted[score] = tf.function(
+        signature = (score, tuple(sorted(scales)))
+        step = self._jitted.get(signature)
+        if step is None:  # one tf.function per score and scaled taps, traced per shape
+            step = self._jitted[signature] = tf.function(
                 self._tensorflow_step(score), reduce_retracing=True
             )
-        out, tap_grads, input_grads, scores, used = step(xs, tf.constant(index))
+        factors = {k: tf.constant(v) for k, v in scales.items()}
+        out, tap_grads, input_grads, scores, used, masks = step(xs, tf.constant(index), factors)
         it = iter(input_grads)
         gx = [next(it) if _floating(t) else None for t in tree.flatten(xs)]
-        return out, dict(tap_grads), tree.pack_sequence_as(x, gx), scores, used
+        return out, dict(tap_grads), tree.pack_sequence_as(x, gx), scores, used, dict(masks)
 
     def _tensorflow_step(self, score: _Score) -> Any:
         import tensorflow as tf
 
         model, keys = self.model, self.keys
 
-        def step(xs: Any, index: Any) -> Any:
+        def step(xs: Any, index: Any, scales: Any) -> Any:
             floats = [t for t in tree.flatten(xs) if _floating(t)]
             with tf.GradientTape() as tape:
                 tape.watch(floats)
-                with probing() as seen:
+                with probing(scales=scales or None) as seen:
                     out = model(xs, training=False)
                 scores, used = score(out, index)
                 total = tf.reduce_sum(scores)
@@ -212,11 +252,13 @@ class GradientRunner:
                 tf.zeros_like(t) if g is None else g for g, t in zip(grads, wanted, strict=True)
             ]
             taps = dict(zip(keys, grads[: len(at)], strict=True))
-            return out, taps, grads[len(at) :], scores, used
+            return out, taps, grads[len(at) :], scores, used, dict(seen.masks)
 
         return step
 
-    def _torch(self, x: Any, score: _Score, index: np.ndarray) -> tuple[Any, ...]:
+    def _torch(
+        self, x: Any, score: _Score, index: np.ndarray, scales: dict[str, np.ndarray]
+    ) -> tuple[Any, ...]:
         import torch
 
         def leaf(a: Any) -> Any:
@@ -225,7 +267,8 @@ class GradientRunner:
 
         xs = tree.map_structure(leaf, x)
         flat = tree.flatten(xs)
-        with torch.enable_grad(), probing() as seen:
+        factors = {k: keras.ops.convert_to_tensor(v) for k, v in scales.items()}
+        with torch.enable_grad(), probing(scales=factors or None) as seen:
             out = self.model(xs, training=False)
             scores, used = score(out, keras.ops.convert_to_tensor(index))
             total = scores.sum()
@@ -243,9 +286,12 @@ class GradientRunner:
             tree.pack_sequence_as(x, gx),
             scores.detach(),
             used,
+            {k: m.detach() for k, m in seen.masks.items()},
         )
 
-    def _jax(self, x: Any, score: _Score, index: np.ndarray) -> tuple[Any, ...]:
+    def _jax(
+        self, x: Any, score: _Score, index: np.ndarray, scales: dict[str, np.ndarray]
+    ) -> tuple[Any, ...]:
         import jax
 
         model = self.model
@@ -253,12 +299,12 @@ class GradientRunner:
         frozen = [v.value for v in model.non_trainable_variables]
         xs = tree.map_structure(keras.ops.convert_to_tensor, x)
         # Hashable for a list or dict of inputs too: the structure spelled out.
-        signature = (score, repr(tree.map_structure(lambda t: (tuple(t.shape), str(t.dtype)), xs)))
+        shapes = repr(tree.map_structure(lambda t: (tuple(t.shape), str(t.dtype)), xs))
+        signature = (score, shapes, tuple(sorted(scales)))
         step = self._jitted.get(signature)
         if step is None:
             step = self._jitted[signature] = jax.jit(self._jax_step(score, xs, trainable, frozen))
-        out, grads, gx, scores, used = step(trainable, frozen, xs, index)
-        return out, grads, gx, scores, used
+        return tuple(step(trainable, frozen, xs, index, scales))
 
     def _jax_step(self, score: _Score, xs: Any, trainable: Any, frozen: Any) -> Any:
         import jax
@@ -266,11 +312,11 @@ class GradientRunner:
 
         model, keys = self.model, self.keys
 
-        def forward(tv: Any, ntv: Any, inputs: Any, deltas: Any, index: Any) -> Any:
-            with probing(deltas):
+        def forward(tv: Any, ntv: Any, inputs: Any, deltas: Any, index: Any, scales: Any) -> Any:
+            with probing(deltas, scales or None) as seen:
                 out, _ = model.stateless_call(tv, ntv, inputs, training=False)
             scores, used = score(out, index)
-            return jnp.sum(scores), (out, scores, used)
+            return jnp.sum(scores), (out, scores, used, dict(seen.masks))
 
         shapes = jax.eval_shape(
             lambda tv, ntv, inputs: model.stateless_call(tv, ntv, inputs, training=False)[0],
@@ -280,21 +326,21 @@ class GradientRunner:
         )
         floats = [_floating(t) for t in tree.flatten(xs)]
 
-        def step(tv: Any, ntv: Any, inputs: Any, index: Any) -> Any:
+        def step(tv: Any, ntv: Any, inputs: Any, index: Any, scales: Any) -> Any:
             deltas = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in keys}
             flat = tree.flatten(inputs)
 
             def of(float_inputs: Any, deltas: Any) -> Any:
                 it = iter(float_inputs)
                 full = [next(it) if f else t for t, f in zip(flat, floats, strict=True)]
-                return forward(tv, ntv, tree.pack_sequence_as(inputs, full), deltas, index)
+                return forward(tv, ntv, tree.pack_sequence_as(inputs, full), deltas, index, scales)
 
             float_inputs = [t for t, f in zip(flat, floats, strict=True) if f]
-            _, vjp, (out, scores, used) = jax.vjp(of, float_inputs, deltas, has_aux=True)
+            _, vjp, (out, scores, used, masks) = jax.vjp(of, float_inputs, deltas, has_aux=True)
             g_inputs, g_taps = vjp(jnp.ones((), jnp.float32))
             it = iter(g_inputs)
             gx = [next(it) if f else None for f in floats]
-            return out, g_taps, tree.pack_sequence_as(inputs, gx), scores, used
+            return out, g_taps, tree.pack_sequence_as(inputs, gx), scores, used, masks
 
         return step
 
@@ -360,4 +406,5 @@ def join_gradients(parts: Sequence[Gradients]) -> Gradients:
         scores=cat(*(p.scores for p in parts)),
         targets=None if first.targets is None else cat(*(p.targets for p in parts)),
         output=cat(*(p.output for p in parts)),
+        masks={k: cat(*(p.masks[k] for p in parts)) for k in first.masks},
     )
