@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import keras
@@ -19,6 +17,7 @@ from PIL import Image
 pytest.importorskip("matplotlib", reason="the report draws with the viz extra")
 
 from layertap.cli import cli  # noqa: E402
+from tests.browser import SKIP_REASON, chromium, open_offline, screenshot  # noqa: E402
 
 LAYERS = ["backbone/conv2", "backbone/conv1"]
 
@@ -95,38 +94,13 @@ def test_cli_mistakes_are_one_line(folder: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "layertap: error:" in result.stderr
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(chromium() is None, reason="no chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(chromium() is None, reason=SKIP_REASON)
 def test_the_page_opens_cleanly_in_headless_chromium(report: tuple[Path, object]) -> None:
     out, _ = report
-    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND"]  # fmt: skip
-    # A copy with a check script: how many images decoded (naturalWidth > 0).
-    check = out / "check.html"
-    script = (
-        "<script>addEventListener('load',()=>{const i=[...document.images];"
-        "const bad=i.filter(x=>!(x.complete&&x.naturalWidth>0)).length;"
-        "document.title='CHECK '+i.length+' '+bad;console.log('layertap-check');});</script>"
-    )
-    check.write_text((out / "index.html").read_text().replace("</body>", script + "</body>"))
-    run = subprocess.run(
-        [*browser, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-         "--dump-dom", check.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert "<title>CHECK 17 0</title>" in run.stdout
-    console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+    images, bad, console = open_offline(out / "index.html")
+    assert (images, bad) == (17, 0)
     assert len(console) == 1 and "layertap-check" in console[0], console
-    shot = out / "shot.png"
-    subprocess.run(
-        [*browser, "--window-size=1000,800", f"--screenshot={shot}", (out / "index.html").as_uri()],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    with Image.open(shot) as img:
-        pixels = np.asarray(img.convert("L"), np.float32)
+    pixels = screenshot(out / "index.html")
     assert pixels.shape == (800, 1000) and pixels.std() > 10  # not blank
 
 

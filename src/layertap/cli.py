@@ -284,6 +284,16 @@ def _load(model: Path, custom_objects: Sequence[str], unsafe: bool) -> Any:
     return ModelSource(model, tuple(custom_objects), not unsafe).load()
 
 
+def _text_preset(model: Path) -> Any:
+    """The preset at ``model`` when it is a keras-hub preset with a text preprocessor."""
+    from layertap.graph.preset import is_preset, load_preset
+
+    if not is_preset(str(model)):
+        return None
+    preset = load_preset(str(model))
+    return preset if preset.kind == "text" else None
+
+
 def _parse_size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -480,7 +490,7 @@ def extract(**flags: Any) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("inputs", metavar="IMAGE...", nargs=-1, required=True)
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
 @click.option(
     "--layer",
     "-l",
@@ -490,15 +500,35 @@ def extract(**flags: Any) -> None:
     help="A spatial layer to explain at (repeatable): a name, a path "
     "(backbone/block_13_expand_relu) or a call (encoder@1/conv). For rollout: the "
     "attention probabilities to roll out, in block order (default: every attention "
-    "layer's, **/scores).",
+    "layer's, **/scores). For texts: one (batch, tokens, dim) layer, an embedding.",
 )
 @click.option(
     "--method",
     "-m",
-    type=click.Choice(["gradcam", "gradcam++", "layercam", "gradxact", "scorecam", "rollout"]),
-    default="gradcam",
-    show_default=True,
+    type=click.Choice(
+        [
+            "gradcam",
+            "gradcam++",
+            "layercam",
+            "gradxact",
+            "scorecam",
+            "rollout",
+            "integrated_gradients",
+            "saliency",
+        ]
+    ),  # fmt: skip
+    default=None,
+    help="Images: gradcam (default), gradcam++, layercam, gradxact, scorecam, rollout. "
+    "Texts: integrated_gradients (default), gradxact, saliency.",
 )
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=32, show_default=True,
+    help="Integrated gradients' steps (texts).",
+)  # fmt: skip
+@click.option(
+    "--text-column", metavar="NAME", default=None,
+    help="The text column of .jsonl/.csv/.parquet inputs (texts).",
+)  # fmt: skip
 @click.option(
     "--out",
     "-o",
@@ -528,21 +558,56 @@ def extract(**flags: Any) -> None:
 @_image_options
 @_model_options
 def explain(**flags: Any) -> None:
-    """Explain what MODEL looks at in each IMAGE, and write a report to DIR.
+    """Explain what MODEL looks at in each INPUT, and write a report to DIR.
 
-    IMAGE is an image file, a folder (read recursively), a glob (quote it) or a .txt or
-    .csv list of paths. For each image and each --layer, the report holds the map
-    (Grad-CAM by default; the score is the class logit, before the softmax) over the
-    image, the layer's feature maps, and the top classes; index.html shows it all and
-    needs no network. Images that cannot be decoded are skipped and named (exit 1).
+    For an image model, INPUT is an image file, a folder (read recursively), a glob
+    (quote it) or a .txt or .csv list of paths. For each image and each --layer, the
+    report holds the map (Grad-CAM by default; the score is the class logit, before the
+    softmax) over the image, the layer's feature maps, and the top classes; index.html
+    shows it all and needs no network. Images that cannot be decoded are skipped and named (exit 1).
     --method rollout draws a vision transformer's attention rollout instead (the class
     token's attention, rolled out over the blocks; --layer optional).
+
+    For a keras-hub preset with a text preprocessor (a BertTextClassifier preset, say),
+    INPUT is a text file (.txt: one text per line; .jsonl, .csv, .parquet) or a folder
+    of them, and the report colours each line's tokens by their attribution at one
+    --layer (an embedding), with the top classes and, for a transformer, the first
+    token's attention at every attention layer.
     """
-    from layertap.explainer.report import read_labels, write_report
+    from layertap._errors import BadSpecError
+    from layertap.explainer.report import read_labels, write_report, write_text_report
     from layertap.io.data import expand_inputs
 
-    model = _load(flags["model"], flags["custom_objects"], flags["unsafe"])
     labels = read_labels(flags["labels"]) if flags["labels"] is not None else None
+    preset = _text_preset(flags["model"])
+    if preset is not None:
+        if len(flags["layer_specs_"]) != 1:
+            raise BadSpecError(
+                "explaining texts takes one --layer, a (batch, tokens, dim) layer such as "
+                f"the token embedding; got {len(flags['layer_specs_'])}"
+            )
+        method = flags["method"] or "integrated_gradients"
+        report = write_text_report(
+            preset,
+            list(flags["inputs"]),
+            flags["layer_specs_"][0],
+            flags["out"],
+            method=method,
+            target=flags["target"],
+            labels=labels,
+            top=flags["top"],
+            batch_size=flags["batch_size"],
+            steps=flags["steps"],
+            text_column=flags["text_column"],
+        )
+        for path, reason in report.failed:
+            click.echo(f"layertap: skipped {path}: {reason}", err=True)
+        click.echo(f"explained {len(report.images)} lines ({method}): {report.index}")
+        if report.failed:
+            sys.exit(EXIT_SOME_FAILED)
+        return
+    flags["method"] = flags["method"] or "gradcam"
+    model = _load(flags["model"], flags["custom_objects"], flags["unsafe"])
     report = write_report(
         model,
         [str(p) for p in expand_inputs(flags["inputs"])],

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from layertap._errors import BadInputError, BadSpecError
+from layertap._errors import BadInputError, BadSpecError, LayerNotFoundError
 from layertap.explainer import maps, viz
 from layertap.explainer.methods import (
     ATTENTION_METHODS,
@@ -38,7 +38,7 @@ from layertap.explainer.methods import (
 from layertap.graph.extractor import Extractor
 from layertap.io.data import Decoder, ImageSpec
 
-__all__ = ["Report", "read_labels", "write_report"]
+__all__ = ["TEXT_METHODS", "Report", "read_labels", "write_report", "write_text_report"]
 
 _OUTPUT = "__layertap_output"
 _DISPLAY = 384  # longest side of an image in the report
@@ -319,3 +319,204 @@ def write_report(
     index = folder / "index.html"
     index.write_text(_page(title, len(good), failed, "".join(sections)), encoding="utf-8")
     return Report(index, written, good, failed)
+
+
+#: Token attribution methods the text report takes.
+TEXT_METHODS = ("integrated_gradients", "gradxact", "saliency")
+
+
+def _real_tokens(info: dict[str, Any], values: np.ndarray) -> list[list[int]]:
+    """Per row, the positions of real tokens (padding left out)."""
+    mask = info.get("mask")
+    if mask is not None:
+        return [np.flatnonzero(np.asarray(row)).tolist() for row in mask]
+    return [list(range(values.shape[1])) for _ in range(len(values))]
+
+
+def _first_token_attention(
+    model: Any, texts: list[str], batch: int
+) -> tuple[list[str], np.ndarray] | None:
+    """``(layer paths, (n, layers, tokens))``: the first token's attention to each token,
+    averaged over heads, at every attention layer; ``None`` for a model without one."""
+    from layertap.explainer.methods import ALL_SCORES
+
+    try:
+        ex = Extractor(model, [ALL_SCORES])
+    except LayerNotFoundError:  # no attention layer
+        return None
+    paths = [place.path for place in ex.places.values()]
+    rows = []
+    for start in range(0, len(texts), batch):
+        probs = ex(texts[start : start + batch])
+        per_layer = []
+        for key in ex.places:
+            a = probs[key]
+            first = a[..., 0, :]  # (n, heads..., key): the first query token's row
+            per_layer.append(first.reshape(len(a), -1, a.shape[-1]).mean(axis=1))
+        rows.append(np.stack(per_layer, axis=1))
+    return paths, np.concatenate(rows)
+
+
+_TEXT_STYLE = """
+.tokens{line-height:2.1em;font-family:ui-monospace,monospace;font-size:.95em;max-width:60em}
+.tokens span{padding:.15em .25em;margin:0 .1em;border-radius:.2em;white-space:pre}
+.scale{font-size:.8em;color:#555}
+"""
+
+
+def _ink(background: str) -> str:
+    """``;color:#fff`` on a dark background (relative luminance below 0.35), else ``""``."""
+    r, g, b = (int(background[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    return ";color:#fff" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.35 else ""
+
+
+def _tokens_html(tokens: Sequence[str], values: np.ndarray, real: Sequence[int]) -> str:
+    scale = float(np.abs(values[list(real)]).max()) if len(real) else 0.0
+    colours = viz.token_colours(values[list(real)], scale)
+    spans = "".join(
+        f'<span style="background:{colour}{_ink(colour)}" title="{float(values[j]):+.4g}">'
+        f"{html.escape(tokens[j])}</span>"
+        for j, colour in zip(real, colours, strict=True)
+    )
+    return (
+        f'<p class="tokens">{spans}</p>'
+        f'<p class="scale">colour scale: &#177;{scale:.4g} (this line\'s largest '
+        "|attribution|)</p>"
+    )
+
+
+@dataclasses.dataclass
+class _Line:
+    """One line's part of the text report."""
+
+    row_id: str
+    text: str
+    tokens: list[str]
+    values: np.ndarray  # (tokens,) attributions
+    real: list[int]  # positions of real tokens
+    scores: np.ndarray  # the model's output row
+    info: dict[str, Any]
+    index: int
+
+    @property
+    def target(self) -> int | None:
+        targets = self.info.get("targets")
+        return None if targets is None else int(targets[self.index])
+
+    def section(
+        self,
+        labels: Sequence[str] | None,
+        top: int,
+        attention: tuple[list[str], np.ndarray] | None,
+    ) -> str:
+        classes = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{score:.4f}</td></tr>"
+            for name, score in _top_classes(self.scores, labels, top)
+        )
+        parts = [
+            f"<h2>{html.escape(self.row_id)}</h2>",
+            f"<p>explained: {html.escape(_class_name(self.target, labels))}</p>",
+            f"<table><tr><th>class</th><th>score</th></tr>{classes}</table>",
+            _tokens_html(self.tokens, self.values, self.real),
+        ]
+        if attention is not None:
+            paths, first = attention
+            picture = viz.attention_rows(
+                first[self.index][:, self.real],
+                [self.tokens[j] for j in self.real],
+                [str(k) for k in range(len(paths))],
+            )
+            caption = (
+                "the first token's attention (mean over heads), one row per attention "
+                "layer: " + ", ".join(f"{k}: {p}" for k, p in enumerate(paths))
+            )
+            parts.append(_figure_html(picture, caption, "attention"))
+        return "".join(parts)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.row_id,
+            "text": self.text,
+            "target": self.target,
+            "tokens": [self.tokens[j] for j in self.real],
+            "attributions": [float(self.values[j]) for j in self.real],
+        }
+
+
+def write_text_report(
+    model: Any,
+    inputs: Sequence[str | os.PathLike[str]],
+    layer: str,
+    out: str | os.PathLike[str],
+    *,
+    method: str = "integrated_gradients",
+    target: Any = None,
+    labels: Sequence[str] | None = None,
+    top: int = 5,
+    batch_size: int = 32,
+    steps: int = 32,
+    text_column: str | None = None,
+) -> Report:
+    """Explain each line of text files at an embedding ``layer``; write ``index.html``.
+
+    Wide because it is ``layertap explain`` on texts as a function: each option is one flag.
+
+    ``model`` is a :class:`~layertap.Preset` with a text preprocessor (a keras-hub task
+    preset, say). Each line's tokens are coloured by their attribution (signed, on a
+    diverging palette, each line scaled by its own largest magnitude, with a legend),
+    with the top classes (names from ``labels``) and, for a transformer, the first
+    token's head-averaged attention at every attention layer as a small heatmap. The
+    page is self-contained (pictures inlined). ``attributions.json`` beside it holds
+    each line's tokens and values. Empty lines are skipped and listed.
+
+    Example:
+        >>> r = write_text_report(preset, ["lines.txt"], "token_embedding",
+        ...                       "report")  # doctest: +SKIP
+        >>> r.index.name  # doctest: +SKIP
+        'index.html'
+    """
+    from layertap.io.data import TextSource, expand_text_inputs
+
+    if method not in TEXT_METHODS:
+        raise BadSpecError(
+            f"the text report explains tokens with {', '.join(TEXT_METHODS)}, not {method!r}"
+        )
+    files = expand_text_inputs(inputs)
+    rows = TextSource(files, lambda texts: {}, text_column=text_column).rows  # read, not encoded
+    good = [(row_id, text) for row_id, text, _ in rows if text is not None]
+    failed = [(row_id, reason) for row_id, text, reason in rows if text is None]
+    if not good:
+        raise BadInputError(f"none of the {len(failed)} lines holds text")
+    texts = [text for _, text in good]
+    options: dict[str, Any] = {"steps": steps} if method == "integrated_gradients" else {}
+    attributions = explain(
+        model, texts, layer, method=method, target=target, batch_size=batch_size, **options
+    )
+    values = np.asarray(attributions)
+    info = attributions.info
+    tokens: list[list[str]] = info["tokens"]
+    real = _real_tokens(info, values)
+    outputs = Extractor(model, {_OUTPUT: -1}).predict(texts, batch_size=batch_size)[_OUTPUT]
+    outputs = outputs.reshape(len(texts), -1)
+    attention = _first_token_attention(model, texts, batch_size)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    legend = viz.colour_legend(1.0, "attribution / the line's largest |attribution|")
+    sections = [_figure_html(legend, "blue: against the class; red: for it", "colour legend")]
+    records = []
+    for i, (row_id, text) in enumerate(good):
+        line = _Line(row_id, text, tokens[i], values[i], real[i], outputs[i], info, i)
+        sections.append(line.section(labels, top, attention))
+        records.append(line.record())
+    (folder / "attributions.json").write_text(
+        json.dumps({"method": method, "layer": layer, "rows": records}, indent=1),
+        encoding="utf-8",
+    )
+    title = f"layertap explain: {method} at {layer}"
+    page = _page(title, len(good), failed, "".join(sections)).replace(
+        "</style>", _TEXT_STYLE + "</style>", 1
+    )
+    page = page.replace(f"<p>{len(good)} images", f"<p>{len(good)} lines", 1)
+    index = folder / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return Report(index, [], [row_id for row_id, _ in good], failed)

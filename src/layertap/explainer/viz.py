@@ -24,16 +24,21 @@ from layertap.explainer.maps import upsample
 __all__ = [
     "Picture",
     "activation_stats",
+    "attention_rows",
+    "colour_legend",
     "feature_grid",
     "grid_channels",
     "heatmap_row",
     "layer_stats",
     "overlay",
     "to_rgb",
+    "token_colours",
 ]
 
 ACTIVATION_CMAP = "viridis"
 HEATMAP_CMAP = "inferno"
+#: Signed attributions: blue below zero, white at zero, red above (a diverging map).
+DIVERGING_CMAP = "RdBu_r"
 
 
 class Picture:
@@ -252,3 +257,58 @@ def layer_stats(activation: np.ndarray) -> dict[str, float]:
         "max": float(a.max()),
         "zeros": float((a == 0).mean()),
     }
+
+
+def token_colours(values: np.ndarray, scale: float) -> list[str]:
+    """Background colours (``#rrggbb``) of signed values on :data:`DIVERGING_CMAP`,
+    ``-scale`` blue, 0 white, ``+scale`` red.
+
+    Example:
+        >>> token_colours(np.array([-1.0, 0.0, 1.0]), 1.0)
+        ['#053061', '#f7f6f6', '#67001f']
+    """
+    cmap = _colormap(DIVERGING_CMAP)
+    where = 0.5 + 0.5 * np.clip(np.asarray(values, np.float64) / (scale or 1.0), -1.0, 1.0)
+    rgb = (np.asarray(cmap(where))[..., :3] * 255).round().astype(int)
+    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb.reshape(-1, 3)]
+
+
+def colour_legend(scale: float, label: str = "attribution") -> Picture:
+    """A colour bar from ``-scale`` to ``+scale`` on :data:`DIVERGING_CMAP`: the key to
+    :func:`token_colours`.
+
+    Example:
+        >>> colour_legend(0.5).png[:4]
+        b'\\x89PNG'
+    """
+    figure = _figure(4.0, 0.5)
+    axes = figure.add_axes((0.05, 0.45, 0.9, 0.35))
+    axes.imshow(np.linspace(-1, 1, 256)[None], cmap=DIVERGING_CMAP, aspect="auto",
+                extent=(-scale, scale, 0, 1))  # fmt: skip
+    axes.set_yticks([])
+    axes.set_xticks([-scale, 0.0, scale])
+    axes.set_xticklabels([f"{-scale:.3g}", "0", f"{scale:.3g}"], fontsize=7)
+    axes.set_title(label, fontsize=7)
+    return _png(figure)
+
+
+def attention_rows(
+    rows: np.ndarray, tokens: Sequence[str], layers: Sequence[str] | None = None
+) -> Picture:
+    """One row per layer ``(layers, tokens)`` in [0, 1] (how much the first token attends
+    to each token, say), token strings along the bottom, ``viridis``.
+
+    Example:
+        >>> attention_rows(np.full((2, 3), 1 / 3), ["[CLS]", "a", "[SEP]"]).png[:4]
+        b'\\x89PNG'
+    """
+    count, length = rows.shape
+    figure = _figure(max(2.5, 0.32 * length + 1.0), 0.3 * count + 1.0)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.imshow(rows, cmap=ACTIVATION_CMAP, vmin=0.0, aspect="auto")
+    axes.set_xticks(range(length))
+    axes.set_xticklabels(list(tokens), rotation=90, fontsize=7)
+    axes.set_yticks(range(count))
+    axes.set_yticklabels(list(layers) if layers is not None else [str(i) for i in range(count)],
+                         fontsize=7)  # fmt: skip
+    return _png(figure)
