@@ -14,7 +14,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.layertap-installed
-EXTRAS := tensorflow,jax,parquet,ray,viz,dev
+EXTRAS := tensorflow,jax,parquet,ray,viz,analysis,dev
 # The CPU build; pip's constraints here allow torch<=2.14.1 and any other version pulls
 # a multi-GB CUDA build. Install it first so the extras never choose another torch.
 TORCH := torch==2.13.0

@@ -132,6 +132,19 @@ def test_parquet_dir_matches_local_parquet(
             np.testing.assert_allclose(b[path], a[path], rtol=1e-5, atol=1e-5)
     summary = json.loads((out / "_layertap.json").read_text())
     assert summary["rows"] == 9 and len(summary["failed"]) == 2
+    # The chunked reader reads the folder as it reads the local file, row by row by path.
+    from layertap.io.read import open_features
+
+    folder, single = open_features(got), open_features(local_file)
+    assert folder.format == "ray" and folder.rows == 9 and folder.keys == single.keys
+    assert sorted(folder.failed) == sorted(single.failed)
+    for key in single.keys:
+        assert folder.shape(key) == single.shape(key)
+        a = _by_path(single.paths.tolist(), single.read(key))
+        b = _by_path(folder.paths.tolist(), np.concatenate(list(folder.chunks(key, rows=2))))
+        assert a.keys() == b.keys()
+        for path in a:
+            np.testing.assert_allclose(b[path], a[path], rtol=1e-5, atol=1e-5)
 
 
 def test_dataset_input_equals_local_engine(

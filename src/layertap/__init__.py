@@ -23,6 +23,8 @@ from layertap._errors import (
     AmbiguousLayerError,
     BadInputError,
     BadSpecError,
+    FeatureFileError,
+    LabelError,
     LayerNotFoundError,
     LayertapError,
     MissingDependencyError,
@@ -33,6 +35,8 @@ from layertap._errors import (
 )
 
 if TYPE_CHECKING:
+    from layertap.analysis.probe import LayerScore, ProbeResult, probe
+    from layertap.analysis.similarity import Similarity, similarity
     from layertap.engines.local import ExtractResult, Features, extract
     from layertap.explainer.methods import Explanation, explain
     from layertap.graph.capture import tap
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from layertap.graph.load import load_model
     from layertap.graph.preset import Preset, load_preset
     from layertap.graph.walk import LayerInfo, list_layers, summary
+    from layertap.io.read import FeatureReader, open_features
 
 try:
     __version__ = version("layertap")
@@ -48,6 +53,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 _LAZY = {
+    "probe": "layertap.analysis.probe",
+    "ProbeResult": "layertap.analysis.probe",
+    "LayerScore": "layertap.analysis.probe",
+    "similarity": "layertap.analysis.similarity",
+    "Similarity": "layertap.analysis.similarity",
+    "open_features": "layertap.io.read",
+    "FeatureReader": "layertap.io.read",
     "extract": "layertap.engines.local",
     "ExtractResult": "layertap.engines.local",
     "Features": "layertap.engines.local",
@@ -76,15 +88,21 @@ __all__ = [
     "Explanation",
     "ExtractResult",
     "Extractor",
+    "FeatureFileError",
+    "FeatureReader",
     "Features",
     "Gradients",
+    "LabelError",
     "LayerInfo",
     "LayerNotFoundError",
+    "LayerScore",
     "LayertapError",
     "MissingDependencyError",
     "ModelLoadError",
     "OutputError",
     "Preset",
+    "ProbeResult",
+    "Similarity",
     "TapInfo",
     "UnsupportedModelError",
     "UntracedLayerError",
@@ -96,6 +114,9 @@ __all__ = [
     "list_layers",
     "load_model",
     "load_preset",
+    "open_features",
+    "probe",
+    "similarity",
     "summary",
     "tap",
 ]

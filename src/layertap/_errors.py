@@ -12,6 +12,8 @@ catches them all (the command line does exactly that)::
     ├── UnsupportedModelError     a model layertap cannot walk (and why)
     ├── ModelLoadError            a model file that cannot be read (names the file)
     ├── OutputError               an output file that cannot or may not be written
+    ├── FeatureFileError          a feature source that is not layertap's, or a key it lacks
+    ├── LabelError                labels that do not match the rows, or cannot be probed
     └── MissingDependencyError    an optional package is not installed (names the extra)
 
 Example:
@@ -60,6 +62,14 @@ class ModelLoadError(LayertapError, OSError):
 
 class OutputError(LayertapError, OSError):
     """An output path with an unknown suffix, that exists already, or cannot be written."""
+
+
+class FeatureFileError(LayertapError, ValueError):
+    """A feature file or folder layertap did not write, or a key it does not hold."""
+
+
+class LabelError(LayertapError, ValueError):
+    """Labels whose count or paths do not match the rows, or with a single class."""
 
 
 class MissingDependencyError(LayertapError, ImportError):

@@ -635,6 +635,106 @@ def explain(**flags: Any) -> None:
         sys.exit(EXIT_SOME_FAILED)
 
 
+def _save_plot(picture: Any, path: Path | None) -> None:
+    if path is not None:
+        picture.save(path)
+
+
+@cli.command("probe")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.option(
+    "--labels",
+    metavar="FILE",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Labels matched to the rows by path: a .csv (path,label), a .json {path: label} "
+    "or a .npy array (one per row, in row order).",
+)
+@click.option(
+    "--layer", "-l", "keys", metavar="KEY", multiple=True,
+    help="A key to probe (repeatable; default: every key).",
+)  # fmt: skip
+@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Folds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The folds' random state.")
+@click.option(
+    "--max-dim", type=click.IntRange(min=1), default=4096, show_default=True,
+    help="Wider layers are randomly projected to this many dimensions first.",
+)  # fmt: skip
+@click.option(
+    "--plot", metavar="PNG", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Also draw the score per layer (error bars: std over folds) to PNG.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="A JSON record instead of the table.")
+def probe_command(**flags: Any) -> None:
+    """Which layer holds the labels: a cross-validated linear probe on each key of FEATURES.
+
+    Integer or string labels: StandardScaler + LogisticRegression(max_iter=1000),
+    stratified shuffled folds, accuracy. Float labels: StandardScaler + Ridge, R².
+    The table marks the best layer. FEATURES is what `layertap extract` wrote: a .h5,
+    .npz or .parquet file, or a Ray output folder.
+
+    \b
+    Examples:
+      layertap probe feats.h5 --labels labels.csv
+      layertap probe feats.parquet --labels labels.json -l early -l emb --cv 10 --plot probe.png
+    """
+    import layertap
+
+    result = layertap.probe(
+        flags["features"],
+        flags["labels"],
+        layers=list(flags["keys"]) or None,
+        cv=flags["cv"],
+        seed=flags["seed"],
+        max_dim=flags["max_dim"],
+    )
+    _save_plot(result.plot() if flags["plot"] else None, flags["plot"])
+    click.echo(json.dumps(result.to_dict(), indent=1) if flags["as_json"] else result.table())
+
+
+@cli.command("similarity")
+@click.argument("features", type=click.Path(path_type=Path))
+@click.argument("other", required=False, default=None, type=click.Path(path_type=Path))
+@click.option(
+    "--method", type=click.Choice(["cka", "rsa"]), default="cka", show_default=True,
+    help="cka: linear CKA; rsa: Spearman correlation of 1 - Pearson RDMs.",
+)  # fmt: skip
+@click.option("--unbiased", is_flag=True, help="CKA with the unbiased HSIC estimator.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=2), default=None,
+    help="CKA over consecutive blocks of N rows (minibatch CKA: memory bounded by N).",
+)  # fmt: skip
+@click.option(
+    "--plot", metavar="PNG", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Also draw the matrix as a heatmap to PNG.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="A JSON record instead of the table.")
+def similarity_command(**flags: Any) -> None:
+    """How similar the layers of FEATURES are to each other, or to those of OTHER.
+
+    Every key of FEATURES against every key of OTHER (default: FEATURES itself), over
+    the same inputs in the same order. FEATURES and OTHER are what `layertap extract`
+    wrote: .h5, .npz or .parquet files, or Ray output folders.
+
+    \b
+    Examples:
+      layertap similarity feats.h5
+      layertap similarity model_a.h5 model_b.h5 --unbiased --batch-size 512 --plot cka.png
+      layertap similarity feats.npz --method rsa --json
+    """
+    import layertap
+
+    result = layertap.similarity(
+        flags["features"],
+        flags["other"],
+        method=flags["method"],
+        unbiased=flags["unbiased"],
+        batch_size=flags["batch_size"],
+    )
+    _save_plot(result.plot() if flags["plot"] else None, flags["plot"])
+    click.echo(json.dumps(result.to_dict(), indent=1) if flags["as_json"] else result.table())
+
+
 def _run_from_flags(flags: dict[str, Any]) -> Any:
     """The :class:`~layertap.engines.run.Run` the ``extract`` flags describe (validated)."""
     from layertap.engines.run import LayerOptions, ModelSource, Output, RayOptions, Run

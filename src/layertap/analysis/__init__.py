@@ -1,0 +1,6 @@
+"""Stage 12, analyse: Keras-free answers from features, read through one chunked reader.
+
+``probe``: per-layer linear probes (scikit-learn cross-validation); ``similarity``: CKA
+and RSA between layers or models; ``labels``: labels matched to rows by path;
+``plot``: their pictures. Nothing here imports Keras (``tests/test_layout.py``).
+"""
