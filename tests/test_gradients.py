@@ -267,3 +267,12 @@ def test_the_logits_of_a_softmax_dense_inside_a_nested_head(rng: np.random.Gener
     assert cls.activation is keras.activations.softmax  # the user's layer is unchanged
     want = finite_differences(lambda v: to_numpy(logits(v))[:, 1], g.activations["h"])
     assert_grad(g.gradients["h"], want)
+
+
+def test_a_list_of_nested_paths_keys_gradients_by_path(nested_model: keras.Model) -> None:
+    """A list spec keys by canonical path ("mid/inner/d1"): the probes' layer names must
+    not carry the "/" (Keras refuses it in layer names)."""
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    g = layertap.gradients(nested_model, x, ["mid/inner/d1", "head"], target=1)
+    assert set(g.gradients) == {"mid/inner/d1", "head"}
+    assert g.gradients["head"][:, 1].tolist() == [1.0, 1.0, 1.0]

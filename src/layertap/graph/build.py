@@ -153,7 +153,7 @@ def _replay(
     results: dict[str, Any] = {}
     for r in [r for i in direct for r in direct[i] if by_id[i].is_input] if probes else []:
         x = r.nodes[0].outputs[r.output_index]  # a tapped input: probed before any use
-        probe = Probe(r.key, name=_unique_name(f"probe_{_scope_safe(r.key)}", taken))
+        probe = Probe(r.key, name=_unique_name(_probe_name(r.key), taken))
         tensors[id(x)] = probe(tensors[id(x)])
     for node in run:
         args, kwargs = node.arguments.fill_in(tensors)
@@ -193,7 +193,7 @@ def _replay(
                 tensors[id(x)] = y
         for r in direct.get(id(node), []) if probes else []:
             x = node.outputs[r.output_index]
-            probe = Probe(r.key, name=_unique_name(f"probe_{_scope_safe(r.key)}", taken))
+            probe = Probe(r.key, name=_unique_name(_probe_name(r.key), taken))
             tensors[id(x)] = probe(tensors[id(x)])
     for r in requests:
         if len(r.nodes) == 1 and r.event is None:
@@ -338,6 +338,16 @@ class _DenseLogits(keras.layers.Layer):  # type: ignore[misc]
 
     def compute_output_spec(self, x: Any) -> Any:
         return keras.KerasTensor((*x.shape[:-1], self.dense.units), dtype=self.dense.compute_dtype)
+
+
+def _probe_name(key: str) -> str:
+    """A layer name for the probe of tap ``key`` (Keras refuses ``/`` in layer names).
+
+    Example:
+        >>> _probe_name("bert_backbone/token_embedding")
+        'probe_bert_backbone__token_embedding'
+    """
+    return "probe_" + _scope_safe(key).replace("/", "__")
 
 
 def _scope_safe(name: str) -> str:
