@@ -6,7 +6,7 @@ linear probe per layer and the CKA between layers, both read from the file.
 
 Usage (from the repository root)::
 
-    .venv/bin/python examples/answers_picture.py  # writes examples/probe.png, examples/similarity.png
+    .venv/bin/python examples/answers_picture.py  # examples/probe.png, similarity.png
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 import layertap
 

@@ -88,7 +88,10 @@ def test_io_imports_without_keras() -> None:
     code = (
         "import sys, layertap.io.data, layertap.io.reduce, layertap.io.schema, "
         "layertap.io.write, layertap.io.read, layertap.analysis.probe, "
-        "layertap.analysis.similarity, layertap.analysis.plot; "
+        "layertap.analysis.similarity, layertap.analysis.plot, layertap.analysis.reduction, "
+        "layertap.analysis.compare, "
+        "layertap.io.source, layertap.io.expand, layertap.io.images, layertap.io.arrays, "
+        "layertap.io.text, layertap.io.inputs; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('keras', 'tensorflow', 'jax', 'torch')))"
     )

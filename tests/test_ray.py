@@ -308,3 +308,25 @@ def test_an_image_preset_uses_its_converter_on_both_engines(
     assert sorted(have) == sorted(local["paths"].tolist())
     for path, value in _by_path(local["paths"].tolist(), local["vit_encoder"]).items():
         np.testing.assert_allclose(have[path], value, rtol=1e-5, atol=1e-5)
+
+
+def test_float16_storage_on_ray_equals_the_local_engine(
+    ray_cluster: None, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``Output(dtype="float16")`` travels in the run: halffloat parts, as the local file."""
+    model, images = files
+    run = Run(ModelSource(str(model)), [images], LAYERS, pool=POOL,
+              output=Output(str(tmp_path / "l.parquet"), dtype="float16"))  # fmt: skip
+    local = layertap.extract(model, [images], LAYERS, tmp_path / "l.parquet", pool=POOL,
+                             dtype="float16")  # fmt: skip
+    out = tmp_path / "ray16"
+    RayEngine().extract(run.replace(engine="ray", output=Output(str(out), dtype="float16")))
+    with layertap.open_features(local) as a, layertap.open_features(out) as b:
+        assert b.dtype("emb") == "float16"
+        assert str(pq.read_schema(sorted(out.glob("part-*.parquet"))[0]).field("emb").type) == (
+            "fixed_size_list<element: halffloat>[4]"
+        )
+        want, have = _by_path(list(a.paths), a.read("emb")), _by_path(list(b.paths), b.read("emb"))
+        assert want.keys() == have.keys()
+        for path in want:
+            np.testing.assert_array_equal(have[path], want[path])

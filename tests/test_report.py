@@ -121,3 +121,28 @@ def test_pictures_show_inline_in_jupyter(rng: np.random.Generator) -> None:
     cam = layertap.explain(model, rng.random((2, 8, 8, 3)).astype("float32"), "c")
     with Image.open(io.BytesIO(cam._repr_png_())) as img:
         assert img.format == "PNG" and img.size[0] > img.size[1]  # two maps side by side
+
+
+def test_the_report_reads_images_by_the_runs_input_options(folder: Path, tmp_path: Path) -> None:
+    """write_report takes the run's InputOptions; the CLI builds them from its flags."""
+    from layertap.explainer.report import write_report
+    from layertap.io.inputs import InputOptions
+
+    model = keras.saving.load_model(folder / "model.keras")
+    seen: list[tuple[int, ...]] = []
+
+    def halve(x: np.ndarray) -> np.ndarray:
+        seen.append(x.shape)
+        return x / np.float32(2.0)
+
+    image = folder / "images" / "img1.png"
+    options = InputOptions(preprocess=halve, size=(16, 16), resize="nearest", workers=1)
+    report = write_report(model, [image], ["backbone/conv1"], tmp_path / "b", options=options)
+    assert [p.name for p in report.overlays] == ["img1__backbone_conv1.png"]
+    assert seen == [(16, 16, 3)]  # the options' preprocessing, at the options' size
+    result = CliRunner().invoke(
+        cli, ["explain", str(folder / "model.keras"), str(image), "-l", "backbone/conv1", "-o",
+              str(tmp_path / "c"), "--size", "16", "--preprocess", "tf", "--resize", "box"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "explained 1 images at 1 layers (gradcam)" in result.stdout

@@ -35,8 +35,11 @@ from layertap._errors import (
 )
 
 if TYPE_CHECKING:
+    from layertap.analysis.compare import Comparison, LayerDiff, compare_files
     from layertap.analysis.probe import LayerScore, ProbeResult, probe
+    from layertap.analysis.reduction import LayerReduction, Reduction, reduce
     from layertap.analysis.similarity import Similarity, similarity
+    from layertap.engines.compare import compare
     from layertap.engines.local import ExtractResult, Features, extract
     from layertap.explainer.methods import Explanation, explain
     from layertap.graph.capture import tap
@@ -54,9 +57,16 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 _LAZY = {
     "probe": "layertap.analysis.probe",
+    "reduce": "layertap.analysis.reduction",
+    "Reduction": "layertap.analysis.reduction",
+    "LayerReduction": "layertap.analysis.reduction",
     "ProbeResult": "layertap.analysis.probe",
     "LayerScore": "layertap.analysis.probe",
     "similarity": "layertap.analysis.similarity",
+    "compare": "layertap.engines.compare",
+    "compare_files": "layertap.analysis.compare",
+    "Comparison": "layertap.analysis.compare",
+    "LayerDiff": "layertap.analysis.compare",
     "Similarity": "layertap.analysis.similarity",
     "open_features": "layertap.io.read",
     "FeatureReader": "layertap.io.read",
@@ -85,6 +95,7 @@ __all__ = [
     "AmbiguousLayerError",
     "BadInputError",
     "BadSpecError",
+    "Comparison",
     "Explanation",
     "ExtractResult",
     "Extractor",
@@ -93,8 +104,10 @@ __all__ = [
     "Features",
     "Gradients",
     "LabelError",
+    "LayerDiff",
     "LayerInfo",
     "LayerNotFoundError",
+    "LayerReduction",
     "LayerScore",
     "LayertapError",
     "MissingDependencyError",
@@ -102,11 +115,14 @@ __all__ = [
     "OutputError",
     "Preset",
     "ProbeResult",
+    "Reduction",
     "Similarity",
     "TapInfo",
     "UnsupportedModelError",
     "UntracedLayerError",
     "__version__",
+    "compare",
+    "compare_files",
     "explain",
     "extract",
     "feature_model",
@@ -116,6 +132,7 @@ __all__ = [
     "load_preset",
     "open_features",
     "probe",
+    "reduce",
     "similarity",
     "summary",
     "tap",

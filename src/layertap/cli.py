@@ -385,6 +385,10 @@ def layers(
 )
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
+    "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+    help="How features are stored: float16 halves the file (values rounded to float16).",
+)  # fmt: skip
+@click.option(
     "--pool",
     "pool_options",
     metavar="[KEY=]NAME",
@@ -576,7 +580,8 @@ def explain(**flags: Any) -> None:
     """
     from layertap._errors import BadSpecError
     from layertap.explainer.report import read_labels, write_report, write_text_report
-    from layertap.io.data import expand_inputs
+    from layertap.io.expand import expand_inputs
+    from layertap.io.inputs import InputOptions
 
     labels = read_labels(flags["labels"]) if flags["labels"] is not None else None
     preset = _text_preset(flags["model"])
@@ -619,9 +624,7 @@ def explain(**flags: Any) -> None:
         top=flags["top"],
         grid=flags["grid"],
         batch_size=flags["batch_size"],
-        preprocess=flags["preprocess"],
-        size=_parse_size(flags["size"]),
-        resize=flags["resize"],
+        options=InputOptions(flags["preprocess"], _parse_size(flags["size"]), flags["resize"]),
     )
     for path, reason in report.failed:
         click.echo(f"layertap: skipped {path}: {reason}", err=True)
@@ -735,10 +738,129 @@ def similarity_command(**flags: Any) -> None:
     click.echo(json.dumps(result.to_dict(), indent=1) if flags["as_json"] else result.table())
 
 
+@cli.command("compare")
+@click.argument("model_a", metavar="A", type=click.Path(path_type=Path))
+@click.argument("model_b", metavar="B", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
+@click.option(
+    "--layer", "-l", "layer_options", metavar="[ALIAS=]SPEC", multiple=True, required=True,
+    help="A layer to compare (repeatable), as extract takes it; it must be in both models.",
+)  # fmt: skip
+@click.option("--batch-size", "-b", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Inputs per forward pass and per CKA minibatch.")  # fmt: skip
+@click.option(
+    "--threshold", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+    help="The first layer whose rel_error exceeds this is marked divergent.",
+)  # fmt: skip
+@click.option("--biased", is_flag=True, help="CKA with the biased HSIC (default: unbiased).")
+@click.option(
+    "--plot", metavar="PNG", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    help="Also draw rel_error per layer (log scale) to PNG.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="A JSON record instead of the table.")
+@_image_options
+@click.option("--unsafe", is_flag=True, help="Load with safe_mode=False (trusted files only).")
+def compare_command(**flags: Any) -> None:
+    """Where two models part: the same layers of A and B over the same INPUTs.
+
+    A and B are model files (.keras, .h5, a SavedModel) or keras-hub preset
+    directories. INPUT is image files, folders or globs (decoded as extract decodes
+    them), a .npy array, or for a text preset a .txt file (one text a line). Per layer:
+    rel_error = ||A - B|| / ||A|| over all inputs, the largest |A - B|, and minibatch
+    linear CKA; the first layer whose rel_error exceeds --threshold is marked.
+
+    \b
+    Examples:
+      layertap compare float.keras int8.keras photos/ -l conv1 -l gap -l -1
+      layertap compare before.keras after.keras x.npy -l 'block_*_add' --plot drift.png
+    """
+    import layertap
+    from layertap.engines.run import LayerOptions
+
+    pairs = LayerOptions.parse(flags["layer_options"]).pairs
+    specs: Any = (
+        [spec for _, spec in pairs]
+        if all(alias is None for alias, _ in pairs)
+        else {alias or str(spec): spec for alias, spec in pairs}
+    )
+    inputs: Any = flags["inputs"][0] if len(flags["inputs"]) == 1 else None
+    if inputs is None:
+        from layertap.io.data import expand_inputs
+
+        inputs = expand_inputs(flags["inputs"])
+    result = layertap.compare(
+        str(flags["model_a"]),
+        str(flags["model_b"]),
+        Path(inputs) if isinstance(inputs, str) else inputs,
+        specs,
+        batch_size=flags["batch_size"],
+        unbiased=not flags["biased"],
+        preprocess=flags["preprocess"],
+        size=_parse_size(flags["size"]),
+        resize=flags["resize"],
+        safe_mode=not flags["unsafe"],
+    )
+    threshold = flags["threshold"]
+    _save_plot(result.plot(threshold) if flags["plot"] else None, flags["plot"])
+    if flags["as_json"]:
+        click.echo(json.dumps(result.to_dict(threshold), indent=1))
+    else:
+        click.echo(result.table(threshold))
+
+
+@cli.command("reduce")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--pca", type=click.IntRange(min=1), default=None, metavar="K",
+              help="K principal components (IncrementalPCA, two passes).")  # fmt: skip
+@click.option("--projection", type=click.IntRange(min=1), default=None, metavar="K",
+              help="K Gaussian random projections (one pass).")  # fmt: skip
+@click.option("--layer", "-l", "keys", metavar="KEY", multiple=True,
+              help="A key to reduce (repeatable; default: every key wider than K).")  # fmt: skip
+@click.option("--chunk", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Rows read, fitted and written at a time.")  # fmt: skip
+@click.option("--using", metavar="FILE", type=click.Path(path_type=Path), default=None,
+              help="Apply the components stored in FILE (a reduced file); no fitting.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="The projection's seed.")
+@click.option("--overwrite", is_flag=True, help="Replace DST if another reduction wrote it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+def reduce_command(**flags: Any) -> None:
+    """Write SRC to DST with its taps reduced to K values per row, streaming.
+
+    Rows are flattened first; other keys are copied. DST (.h5, .npz, .parquet) keeps
+    SRC's rows, paths, failed inputs and attributes, and stores the fitted components,
+    so that --using DST reduces another file the same way.
+
+    \b
+    Examples:
+      layertap reduce feats.h5 small.h5 --pca 256
+      layertap reduce feats.parquet small.npz --projection 512 -l emb --chunk 1024
+      layertap reduce test_feats.h5 test_small.h5 --using small.h5
+    """
+    import layertap
+
+    result = layertap.reduce(
+        flags["src"],
+        flags["dst"],
+        pca=flags["pca"],
+        projection=flags["projection"],
+        layers=list(flags["keys"]) or None,
+        chunk=flags["chunk"],
+        using=flags["using"],
+        seed=flags["seed"],
+        overwrite=flags["overwrite"],
+        progress=False if flags["quiet"] else None,
+    )
+    if not flags["quiet"]:
+        if result.already_complete:
+            click.echo(f"{result.path} is complete already; nothing to do")
+        click.echo(result.table())
+
+
 def _run_from_flags(flags: dict[str, Any]) -> Any:
     """The :class:`~layertap.engines.run.Run` the ``extract`` flags describe (validated)."""
     from layertap.engines.run import LayerOptions, ModelSource, Output, RayOptions, Run
-    from layertap.io.data import InputOptions
+    from layertap.io.inputs import InputOptions
     from layertap.io.reduce import parse_pool_options
 
     f = flags
@@ -761,6 +883,7 @@ def _run_from_flags(flags: dict[str, Any]) -> Any:
             f["fmt"],
             f["overwrite"],
             {"model": str(f["model"]), "layers": list(f["layer_options"])},
+            f["dtype"],
         ),
         engine=f["engine"],
         ray=RayOptions(

@@ -2,5 +2,6 @@
 
 ``probe``: per-layer linear probes (scikit-learn cross-validation); ``similarity``: CKA
 and RSA between layers or models; ``labels``: labels matched to rows by path;
+``reduction``: streamed PCA and random projection of a feature file (``reduce``);
 ``plot``: their pictures. Nothing here imports Keras (``tests/test_layout.py``).
 """

@@ -29,8 +29,10 @@ from layertap.engines.run import (
     plan,
     run_fingerprint,
 )
-from layertap.io.data import Batch, InputOptions, Preprocess
+from layertap.io.images import Preprocess
+from layertap.io.inputs import InputOptions
 from layertap.io.reduce import reduce_taps
+from layertap.io.source import Batch
 from layertap.io.write import FeatureWriter, open_writer
 
 __all__ = [
@@ -120,7 +122,7 @@ def _forward(p: Plan, x: Any) -> dict[str, np.ndarray]:
         outputs = {k: v[:n] for k, v in p.extractor(full).items()}
     else:
         outputs = p.extractor(x)
-    return reduce_taps(p.reducers, outputs, x)
+    return p.schema.cast(reduce_taps(p.reducers, outputs, x))
 
 
 class LocalEngine:
@@ -139,7 +141,7 @@ class LocalEngine:
 
     def features(self, run: Run, on_failed: OnFailed = None) -> Features:
         """Run to arrays in memory."""
-        p = plan(run.replace(output=Output(meta=run.output.meta)))
+        p = plan(run.replace(output=Output(meta=run.output.meta, dtype=run.output.dtype)))
         try:
             return _to_memory(p, on_failed)
         finally:
@@ -243,6 +245,7 @@ def extract(
     safe_mode: bool = ...,
     meta: Mapping[str, Any] | None = ...,
     on_failed: OnFailed = ...,
+    dtype: str = ...,
 ) -> Features: ...
 
 
@@ -268,6 +271,7 @@ def extract(
     safe_mode: bool = ...,
     meta: Mapping[str, Any] | None = ...,
     on_failed: OnFailed = ...,
+    dtype: str = ...,
 ) -> ExtractResult: ...
 
 
@@ -292,6 +296,7 @@ def extract(
     safe_mode: bool = True,
     meta: Mapping[str, Any] | None = None,
     on_failed: OnFailed = None,
+    dtype: str = "float32",
 ) -> Features | ExtractResult:
     """Run ``inputs`` through ``model`` once; return the taps' features or write them.
 
@@ -328,6 +333,9 @@ def extract(
             (``custom_objects`` may also list ``PATH.py`` / ``module:attr`` specs).
         meta: extra attributes stored in the file.
         on_failed: called with ``(id, reason)`` for each input skipped.
+        dtype: ``"float32"`` (values as the model gives them) or ``"float16"`` (floating
+            taps stored and returned as ``np.float16(x)``: half the bytes); a file is
+            resumed only by a run with the same dtype.
 
     Returns:
         :class:`Features` (a dict with ``paths``) when ``out`` is None, else an
@@ -349,7 +357,7 @@ def extract(
         pool=pool,
         batch_size=batch_size,
         output=Output(
-            os.fspath(out) if out is not None else None, format, overwrite, dict(meta or {})
+            None if out is None else os.fspath(out), format, overwrite, dict(meta or {}), dtype
         ),
         progress=progress,
     )

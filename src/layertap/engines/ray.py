@@ -78,9 +78,11 @@ from layertap.engines.run import (
     row_shapes,
     tap_schema,
 )
-from layertap.io.data import Decoder, ImageSpec, InputOptions, Preprocess, Source
+from layertap.io.images import Decoder, ImageSpec, Preprocess
+from layertap.io.inputs import InputOptions
 from layertap.io.reduce import reduce_taps, resolve_pool
 from layertap.io.schema import TapSchema, parquet_schema, parquet_table
+from layertap.io.source import Source
 
 if TYPE_CHECKING:
     import ray.data
@@ -228,7 +230,9 @@ class FeatureMapper:
         self.inputs = model_input_rows(self.model)
         self.spec = spec
         self._decoder: Decoder | None = None
-        self.schema = schema or tap_schema(self.extractor, self.reducers, "parquet", None)
+        self.schema = schema or tap_schema(
+            self.extractor, self.reducers, "parquet", None
+        ).stored_as(run.output.dtype)
         _check_columns(self.schema)
         #: ``{tap key: column name}``.
         self.columns = {c.key: c.name for c in self.schema}

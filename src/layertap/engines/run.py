@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from layertap._errors import BadInputError, BadSpecError, OutputError
-from layertap.io.data import Encode, InputOptions, Source, is_text_preprocessor, make_source
+from layertap.io.inputs import InputOptions, is_text_preprocessor, make_source
 from layertap.io.reduce import (
     MASK_INPUT,
     check_reducer,
@@ -35,7 +35,9 @@ from layertap.io.reduce import (
     reduce_taps,
     resolve_pool,
 )
-from layertap.io.schema import TapSchema
+from layertap.io.schema import STORAGE_DTYPES, TapSchema
+from layertap.io.source import Source
+from layertap.io.text import Encode
 from layertap.io.write import check_output
 
 if TYPE_CHECKING:
@@ -180,16 +182,30 @@ class Output:
         format: ``"hdf5"``, ``"npz"`` or ``"parquet"`` (default: by the suffix).
         overwrite: replace an output written by a different run.
         meta: extra attributes stored in the output.
+        dtype: ``"float32"`` (the default: the taps' values as the model gives them) or
+            ``"float16"`` (floating-point taps stored as float16, half the bytes; part of
+            the run's fingerprint, so a file is resumed only with the same dtype).
 
     Example:
         >>> Output("feats.npz").path
         'feats.npz'
+        >>> Output("feats.h5", dtype="bfloat16")
+        Traceback (most recent call last):
+        ...
+        layertap._errors.BadInputError: unknown storage dtype 'bfloat16'; valid: float32, float16
     """
 
     path: str | None = None
     format: str | None = None
     overwrite: bool = False
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in STORAGE_DTYPES:
+            raise BadInputError(
+                f"unknown storage dtype {self.dtype!r}; valid: {', '.join(STORAGE_DTYPES)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,12 +511,15 @@ def plan(
         fmt = run.output.format if run.output.path is not None else None
         sample = source.sample() if source is not None else None
         schema = tap_schema(extractor, reducers, fmt, sample, reserved)
+        schema = schema.stored_as(run.output.dtype)
         fingerprint = None
         if source is not None and source.fingerprint is not None:
             model_hash = model_fingerprint(model, path)
             fingerprint = run_fingerprint(
                 model_hash, schema, source.preprocessing, source.fingerprint
             )
+            if fingerprint is not None and run.output.dtype != "float32":
+                fingerprint["dtype"] = run.output.dtype  # float32 files predate the option
     except BaseException:
         if source is not None:
             source.close()

@@ -36,7 +36,8 @@ from layertap.explainer.methods import (
     explain,
 )
 from layertap.graph.extractor import Extractor
-from layertap.io.data import Decoder, ImageSpec
+from layertap.io.images import Decoder, ImageSpec
+from layertap.io.inputs import InputOptions
 
 __all__ = ["TEXT_METHODS", "Report", "read_labels", "write_report", "write_text_report"]
 
@@ -108,10 +109,10 @@ def _display_image(path: str) -> np.ndarray:
 
 
 def _decode(
-    spec: ImageSpec, inputs: Sequence[str]
+    spec: ImageSpec, inputs: Sequence[str], options: InputOptions
 ) -> tuple[list[str], np.ndarray | None, list[tuple[str, str]]]:
     """The inputs that decode, their arrays, and ``(input, reason)`` for the others."""
-    with Decoder(spec) as decoder:
+    with Decoder(spec, options.workers) as decoder:
         outcomes = decoder.decode([(item, -1) for item in inputs])
     good = [item for item, (x, _) in zip(inputs, outcomes, strict=True) if x is not None]
     failed = [(item, why) for item, (x, why) in zip(inputs, outcomes, strict=True) if x is None]
@@ -254,13 +255,13 @@ def write_report(
     top: int = 5,
     grid: int = 16,
     batch_size: int = 32,
-    preprocess: Any = None,
-    size: tuple[int, int] | None = None,
-    resize: str = "bilinear",
+    options: InputOptions | None = None,
 ) -> Report:
     """Explain image files at ``layers`` and write the overlays and ``index.html`` to ``out``.
 
-    Wide because it is ``layertap explain`` as a function: each option is one flag.
+    Wide because it is ``layertap explain`` as a function: each option is one flag, and
+    how the images are read (``preprocess``, ``size``, ``resize``, ``workers``) is the
+    run's :class:`~layertap.io.inputs.InputOptions` (default: ``InputOptions()``).
 
     Example:
         >>> import keras, tempfile
@@ -277,10 +278,12 @@ def write_report(
     if not layers and method not in ATTENTION_METHODS:
         raise BadSpecError("the report needs at least one layer (--layer SPEC)")
     folder = Path(out)
-    probe = Extractor(model, {_OUTPUT: -1}, preprocess=preprocess, size=size, resize=resize)
+    options = options or InputOptions()
+    probe = Extractor(model, {_OUTPUT: -1}, preprocess=options.preprocess, size=options.size,
+                      resize=options.resize)  # fmt: skip
     if probe.image_spec is None:
         raise BadInputError("the report explains image files; this model takes no images")
-    good, images, failed = _decode(probe.image_spec, [os.fspath(p) for p in inputs])
+    good, images, failed = _decode(probe.image_spec, [os.fspath(p) for p in inputs], options)
     if images is None:
         shown = "; ".join(f"{p}: {r}" for p, r in failed[:3])
         raise BadInputError(f"none of the {len(failed)} inputs could be decoded ({shown})")
@@ -475,7 +478,7 @@ def write_text_report(
         >>> r.index.name  # doctest: +SKIP
         'index.html'
     """
-    from layertap.io.data import TextSource, expand_text_inputs
+    from layertap.io.text import TextSource, expand_text_inputs
 
     if method not in TEXT_METHODS:
         raise BadSpecError(

@@ -33,14 +33,8 @@ from layertap.graph.gradients import (
 from layertap.graph.preset import Preset, text_inputs
 from layertap.graph.resolve import Spec, resolve
 from layertap.graph.walk import LayerInfo, graph_input_specs, inner_graph, input_names, walk
-from layertap.io.data import (
-    Decoder,
-    ImageSpec,
-    InputOptions,
-    Preprocess,
-    decode_image,
-    is_text_preprocessor,
-)
+from layertap.io.images import Decoder, ImageSpec, Preprocess, decode_image
+from layertap.io.inputs import InputOptions, is_text_preprocessor
 from layertap.io.schema import TapInfo
 
 __all__ = ["Extractor", "TapInfo", "feature_model"]

@@ -5,7 +5,8 @@
 result), in-memory :class:`~layertap.Features`, a plain ``{key: array}`` dict or a
 reader, and gives one :class:`FeatureReader`: the tap keys, the row count, the source
 of every row (``paths``), the failed inputs, each tap's row shape, dtype and layer, the
-padding masks stored beside kept token taps (``KEY.mask``), and
+padding masks stored beside kept token taps (``KEY.mask``), the arrays attached to the
+file that are not rows (:meth:`FeatureReader.attached`: a reduction's components), and
 :meth:`FeatureReader.chunks`, consecutive blocks of rows of one key. The analysis
 (:func:`layertap.probe`, :func:`layertap.similarity`) reads through it.
 
@@ -34,8 +35,10 @@ This module does not import Keras.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
+import io
 import json
 import os
 import struct
@@ -48,6 +51,7 @@ import numpy as np
 
 from layertap._errors import FeatureFileError, require
 from layertap.io.reduce import MASK_SUFFIX
+from layertap.io.write import ATTACHED, PARQUET_ATTACHED
 
 __all__ = ["DEFAULT_CHUNK", "FeatureReader", "open_features"]
 
@@ -207,6 +211,34 @@ class FeatureReader:
     def _blocks(self, column: _Column, rows: int) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    # --- arrays that are not rows -----------------------------------------------------
+
+    @property
+    def attached_names(self) -> list[str]:
+        """The names of the arrays attached to the file
+        (:meth:`~layertap.io.write.FeatureWriter.attach`), sorted."""
+        return sorted(self._attached())
+
+    def attached(self, name: str) -> np.ndarray:
+        """The array attached under ``name``; :class:`~layertap.FeatureFileError` if none.
+
+        Example:
+            >>> open_features({"a": np.ones(2)}).attached("pca/a/mean")
+            Traceback (most recent call last):
+            ...
+            layertap._errors.FeatureFileError: the dict of arrays has no attached array \
+'pca/a/mean' (it has none)
+        """
+        found = self._attached()
+        if name not in found:
+            have = ", ".join(sorted(found)) or "none"
+            raise FeatureFileError(f"{self.source} has no attached array {name!r} (it has {have})")
+        return np.asarray(found[name]())
+
+    def _attached(self) -> dict[str, Any]:
+        """``{name: a function that reads it}``."""
+        return {}
+
     def close(self) -> None:
         """Release the open file (a reader of arrays holds none)."""
 
@@ -287,6 +319,17 @@ class _HDF5Reader(FeatureReader):
         for i in range(0, self.rows, rows):
             yield ds[i : min(i + rows, self.rows)]
 
+    def _attached(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if ATTACHED in self._file:
+
+            def visit(name: str, obj: Any) -> None:
+                if hasattr(obj, "shape"):
+                    found[name] = lambda: np.asarray(obj[()])
+
+            self._file[ATTACHED].visititems(visit)
+        return found
+
     def close(self) -> None:
         self._file.close()
 
@@ -360,6 +403,14 @@ class _NPZReader(FeatureReader):
         for i in range(0, len(array), rows):
             yield array[i : i + rows]
 
+    def _attached(self) -> dict[str, Any]:
+        prefix = ATTACHED + "/"
+        return {
+            k.removeprefix(prefix): (lambda v=v: np.asarray(v))
+            for k, v in self._arrays.items()
+            if k.startswith(prefix)
+        }
+
     def close(self) -> None:
         self._arrays = {}
 
@@ -401,6 +452,19 @@ class _ParquetReader(FeatureReader):
                 values = batch.column(0).flatten().to_numpy(zero_copy_only=False)
                 block = values.reshape(batch.num_rows, *column.shape)
                 yield block.astype(column.dtype, copy=False)
+
+    def _attached(self) -> dict[str, Any]:
+        prefix = PARQUET_ATTACHED.encode()
+        meta = self._pq.read_schema(self._files[0]).metadata or {}
+
+        def load(raw: bytes) -> np.ndarray:
+            return np.asarray(np.load(io.BytesIO(base64.b64decode(raw)), allow_pickle=False))
+
+        return {
+            k[len(prefix) :].decode(): (lambda raw=raw: load(raw))
+            for k, raw in meta.items()
+            if k.startswith(prefix)
+        }
 
 
 def _parquet_file(path: Path) -> FeatureReader:

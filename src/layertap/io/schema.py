@@ -29,6 +29,7 @@ from layertap.io.reduce import reduced_shape
 
 __all__ = [
     "RESERVED",
+    "STORAGE_DTYPES",
     "TapColumn",
     "TapInfo",
     "TapSchema",
@@ -45,8 +46,17 @@ RESERVED = {
     "parquet": frozenset({"path", "paths", "failed", "progress"}),
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@-]")
+#: How features can be stored: ``float32`` (the taps' own dtypes) or ``float16``.
+STORAGE_DTYPES = ("float32", "float16")
 
 Shape = tuple[int | None, ...]
+
+
+def _is_float(dtype: str) -> bool:
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.floating))
+    except TypeError:  # a dtype name numpy does not know (bfloat16)
+        return "float" in dtype
 
 
 def safe_name(key: str) -> str:
@@ -112,6 +122,9 @@ class TapColumn:
         dtype: the dtype name of the values.
         reducer: the reducer's name (``keep``, ``flatten``, ``avg``, ``max``, ``first``,
             ``last``).
+        storage: ``"float16"`` when the run asked for float16 storage
+            (:meth:`TapSchema.stored_as`): Parquet then stores ``halffloat``; else
+            ``"float32"`` (Parquet lists of float32, whatever the source dtype).
 
     Example:
         >>> TapColumn("emb", "backbone/gap", "emb", (2, 3), "float32", "keep").size
@@ -124,6 +137,7 @@ class TapColumn:
     shape: Shape
     dtype: str
     reducer: str
+    storage: str = "float32"
 
     @property
     def known(self) -> bool:
@@ -234,6 +248,45 @@ class TapSchema:
         )
         return TapSchema(tuple(dataclasses.replace(c, name=names[c.key]) for c in columns))
 
+    def stored_as(self, dtype: str) -> TapSchema:
+        """The schema with every floating-point tap stored as ``dtype`` (masks unchanged).
+
+        ``"float32"`` leaves the schema as it is (the taps' own dtypes).
+
+        Example:
+            >>> s = TapSchema.build([TapInfo("h", "enc", (None, 8, 4), "float32")],
+            ...                     {"h": "keep"}, "hdf5").with_masks(["h"], 8, "hdf5")
+            >>> [(c.key, c.dtype) for c in s.stored_as("float16")]
+            [('h', 'float16'), ('h.mask', 'uint8')]
+        """
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"unknown storage dtype {dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
+        if dtype == "float32":
+            return self
+        return TapSchema(
+            tuple(
+                dataclasses.replace(c, dtype=dtype, storage=dtype) if _is_float(c.dtype) else c
+                for c in self.columns
+            )
+        )
+
+    def cast(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        """``features`` with each tap's values in its column's dtype, where they differ
+        and that dtype is float16 (the values a float16 run stores).
+
+        Example:
+            >>> s = TapSchema.build([TapInfo("e", "e", (None, 2), "float32")], {"e": "keep"},
+            ...                     None).stored_as("float16")
+            >>> s.cast({"e": np.ones((1, 2), "float32")})["e"].dtype
+            dtype('float16')
+        """
+        out = dict(features)
+        for c in self.columns:
+            value = out.get(c.key)
+            if c.dtype == "float16" and value is not None and np.asarray(value).dtype != np.float16:
+                out[c.key] = np.asarray(value).astype(np.float16)
+        return out
+
     def taps_attribute(self, rows: int) -> dict[str, dict[str, Any]]:
         """The files' ``taps`` record: ``{key: {dataset, layer, shape (rows first), dtype, pool}}``.
 
@@ -259,7 +312,9 @@ def parquet_schema(schema: TapSchema, metadata: Mapping[str, Any] | None = None)
     """The Parquet schema of a feature file (every engine writes exactly this).
 
     A ``path`` column (string), then one column per tap: a fixed-size list of float32
-    holding the row flattened in C order, whose field metadata records the tap's
+    (``halffloat`` for a run that stores float16: :attr:`TapColumn.storage`) holding the
+    row flattened in C order,
+    whose field metadata records the tap's
     ``key``, ``layer``, ``shape`` and source ``dtype``. ``metadata`` goes, as JSON,
     under the schema metadata key ``layertap``.
 
@@ -279,7 +334,7 @@ def parquet_schema(schema: TapSchema, metadata: Mapping[str, Any] | None = None)
         fields.append(
             pa.field(
                 c.name,
-                pa.list_(pa.float32(), c.size),
+                pa.list_(pa.float16() if c.storage == "float16" else pa.float32(), c.size),
                 nullable=False,
                 metadata={
                     "key": c.key,
@@ -308,6 +363,7 @@ def parquet_table(
 
     arrays = [pa.array(list(paths), pa.string())]
     for c in schema:
-        flat = np.asarray(values[c.name], dtype=np.float32).reshape(-1)
+        stored = np.float16 if c.storage == "float16" else np.float32
+        flat = np.asarray(values[c.name], dtype=stored).reshape(-1)
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), c.size))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)

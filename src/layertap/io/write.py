@@ -29,23 +29,28 @@ which also gives every row shape and dtype.
     /failed/path      inputs that were skipped ...
     /failed/reason    ... and why (UTF-8 strings)
     /progress         int64 [rows, inputs consumed, failures]
+    /__attached__/... arrays that are not rows (:meth:`FeatureWriter.attach`)
     attributes        "model", "layers", "pool", "preprocessing", "layertap_version",
                       "taps" (JSON {key: {"dataset", "layer", "shape", "dtype", "pool"}}),
                       "fingerprint" (JSON), "rows", "complete" (false until the run ends)
 
 **NPZ layout** (``numpy.load``): the same arrays under the same names, ``paths``,
 ``failed_path``, ``failed_reason``, and ``__layertap__``, a JSON string holding the
-attributes.
+attributes; attached arrays are the members ``__attached__/NAME``.
 
 **Parquet layout** (:func:`~layertap.io.schema.parquet_schema`): one row per input;
 a ``path`` column (string) and one column per tap named by its safe name, a fixed-size list of
-float32 holding the row flattened in C order; each tap field's metadata records
+float32 (``halffloat`` for a run with ``dtype="float16"``) holding the row flattened in C
+order; each tap field's metadata records
 its ``key``, ``layer``, ``shape`` and source ``dtype``, and the schema metadata key
-``layertap`` holds the attributes and the failed inputs as JSON.
+``layertap`` holds the attributes and the failed inputs as JSON; each attached array
+is the schema metadata key ``layertap.attached:NAME`` (a base64 ``.npy``).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import zipfile
@@ -58,12 +63,16 @@ import numpy as np
 from layertap._errors import OutputError, require
 from layertap.io.schema import TapColumn, TapSchema, parquet_schema, parquet_table
 
-__all__ = ["FORMATS", "SUFFIXES", "FeatureWriter", "check_output", "open_writer"]
+__all__ = ["ATTACHED", "FORMATS", "SUFFIXES", "FeatureWriter", "check_output", "open_writer"]
 
 #: Output suffix -> format name.
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
 FORMATS = ("hdf5", "npz", "parquet")
 
+#: Where attached arrays are kept: an HDF5 group, an NPZ member prefix, and (with
+#: ``.parquet``) the prefix of a schema metadata key.
+ATTACHED = "__attached__"
+PARQUET_ATTACHED = "layertap.attached:"
 _CHUNK_BYTES = 1 << 20
 _COPY_BYTES = 16 << 20  # rows copied per step when a spool is converted
 
@@ -286,6 +295,7 @@ class FeatureWriter:
                     "shape": list(self.shapes.get(c.name, ())),
                     "dtype": self.dtypes.get(c.name, ""),
                     "pool": c.reducer,
+                    **({"storage": c.storage} if c.storage != "float32" else {}),
                 }
                 for c in self.schema
             }
@@ -362,6 +372,20 @@ class FeatureWriter:
             self.spool.unlink()
         self.complete = True
 
+    def attach(self, name: str, array: np.ndarray) -> None:
+        """Store ``array`` (not rows: a fitted reducer's components, say) under ``name``.
+
+        Kept beside the taps and read back by :meth:`~layertap.io.read.FeatureReader.attached`;
+        attaching a name again replaces it. Parquet keeps it in its footer (small arrays).
+        """
+        if self._file is None:  # a finished file: it has them already
+            return
+        where = f"{ATTACHED}/{name}"
+        if where in self._file:
+            del self._file[where]
+        self._file.create_dataset(where, data=np.asarray(array))
+        self._file.flush()
+
     def abort(self) -> None:
         """Close the file as it is (after an error or an interrupt); it can be resumed."""
         if self._file is not None:
@@ -422,8 +446,29 @@ def _spool_to_npz(spool: Path, out: Path) -> None:
         _write_strings(zf, "paths", f["paths"])
         _write_strings(zf, "failed_path", f["failed/path"])
         _write_strings(zf, "failed_reason", f["failed/reason"])
+        for name, array in _attached(f).items():
+            _write_npy(zf, f"{ATTACHED}/{name}", array.shape, array.dtype, [array])
         info = np.array(json.dumps(attrs))
         _write_npy(zf, "__layertap__", (), info.dtype, [info])
+
+
+def _attached(f: Any) -> dict[str, np.ndarray]:
+    """``{name: array}`` of everything attached to an HDF5 spool."""
+    found: dict[str, np.ndarray] = {}
+    if ATTACHED in f:
+        f[ATTACHED].visititems(
+            lambda name, obj: found.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None
+        )
+    return found
+
+
+def _parquet_attached(arrays: Mapping[str, np.ndarray]) -> dict[bytes, bytes]:
+    out = {}
+    for name, array in arrays.items():
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        out[(PARQUET_ATTACHED + name).encode()] = base64.b64encode(buffer.getvalue())
+    return out
 
 
 def _spool_schema(f: Any, taps: Mapping[str, Any]) -> TapSchema:
@@ -437,6 +482,7 @@ def _spool_schema(f: Any, taps: Mapping[str, Any]) -> TapSchema:
                 tuple(f[t["dataset"]].shape[1:]),
                 t["dtype"],
                 t["pool"],
+                t.get("storage", "float32"),
             )
             for key, t in taps.items()
             if t["dataset"] in f
@@ -453,6 +499,9 @@ def _spool_to_parquet(spool: Path, out: Path) -> None:
         schema = _spool_schema(f, taps)
         failed = list(zip(f["failed/path"].asstr()[:], f["failed/reason"].asstr()[:], strict=True))
         arrow_schema = parquet_schema(schema, {**attrs, "failed": failed})
+        arrow_schema = arrow_schema.with_metadata(
+            {**arrow_schema.metadata, **_parquet_attached(_attached(f))}
+        )
         n = len(f["paths"])
         widest = max([c.size for c in schema] or [1])
         step = max(1, min(4096, _COPY_BYTES // (4 * widest)))
