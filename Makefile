@@ -6,6 +6,8 @@
 #   make test     lint, then the whole test suite once per backend (tensorflow, jax, torch)
 #   make lint     ruff check, ruff format --check, mypy
 #   make bench    run benchmarks/*.py
+#   make docs     build the documentation site into site/ (mkdocs build --strict)
+#   make docs-serve  serve it at http://127.0.0.1:8000, rebuilt on every change
 #
 # Variables: PYTHON (the interpreter that creates .venv), PYTEST_ARGS (extra pytest
 # arguments, e.g. PYTEST_ARGS="-k cli -x"), BACKENDS (which Keras backends `make test` runs).
@@ -14,6 +16,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.layertap-installed
+# The docs extra (mkdocs, Material, mkdocstrings, mkdocs-click) has its own stamp, so
+# `make test` never needs it.
+DOCS_STAMP := $(VENV)/.layertap-docs-installed
 EXTRAS := tensorflow,jax,parquet,ray,viz,analysis,dev
 # The CPU build; pip's constraints here allow torch<=2.14.1 and any other version pulls
 # a multi-GB CUDA build. Install it first so the extras never choose another torch.
@@ -34,7 +39,7 @@ DEMO_MODEL := examples/model/shapes_cnn.keras
 DEMO_IMAGES := examples/images
 DEMO_OUT := demo-output/features.h5
 
-.PHONY: .venv demo test lint bench clean distclean
+.PHONY: .venv demo test lint bench docs docs-serve clean distclean
 
 .venv: $(STAMP)
 
@@ -106,8 +111,20 @@ bench: $(STAMP)
 	done; \
 	[ $$found -eq 1 ] || echo "no benchmarks/*.py yet"
 
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# Material prints a banner about its future unless told not to; it is not a warning of
+# this build, and --strict fails on every warning of this build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
+
 clean:
-	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
+	rm -rf site demo-output .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
 
 distclean: clean
 	rm -rf $(VENV)
