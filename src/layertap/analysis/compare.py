@@ -338,7 +338,8 @@ def compare_files(
     two backends: extract to a file on each, then compare the files.
 
     Args:
-        a, b: the two sources (``a`` is the reference: ``rel_error`` divides by it).
+        a: the reference source (``rel_error`` divides by it).
+        b: the other source.
         layers: the keys to compare (default: every key of ``a``; each must be in ``b``).
         batch_size: rows per block (the CKA's minibatch).
         unbiased: CKA with the unbiased HSIC estimator.

@@ -394,8 +394,9 @@ def similarity(
     """Compare every layer of ``a`` with every layer of ``b`` (or of ``a``): CKA or RSA.
 
     Args:
-        a, b: anything :func:`~layertap.io.read.open_features` takes, holding the same
-            inputs in the same order.
+        a: anything :func:`~layertap.io.read.open_features` takes.
+        b: another such source holding the same inputs in the same order, or ``None``
+            (``a``'s layers against each other).
         method: ``"cka"`` (linear CKA) or ``"rsa"``.
         unbiased: CKA with the unbiased HSIC estimator.
         batch_size: CKA over consecutive blocks of this many rows (bounded memory).

@@ -170,7 +170,9 @@ def compare(
             in both models (an error names the one that lacks it).
         batch_size: inputs per forward pass and per CKA block.
         unbiased: CKA with the unbiased HSIC estimator (Nguyen et al.'s minibatch CKA).
-        preprocess, size, resize: image options, as :class:`~layertap.Extractor` takes them.
+        preprocess: for image files: as :class:`~layertap.Extractor` takes it.
+        size: for image files: as :class:`~layertap.Extractor` takes it.
+        resize: for image files: as :class:`~layertap.Extractor` takes it.
         safe_mode: for model files: refuse stored code (Lambda layers) unless False.
 
     Returns:

@@ -329,8 +329,9 @@ def extract(
             (``.jsonl``) holding the text (default: ``"text"``).
         sequence_length: for a text model, tokens per text (default: the preprocessor's).
         progress: show a progress bar (default: when stderr is a terminal).
-        custom_objects, safe_mode: passed to :func:`~layertap.load_model`
-            (``custom_objects`` may also list ``PATH.py`` / ``module:attr`` specs).
+        custom_objects: passed to :func:`~layertap.load_model` (it may also list
+            ``PATH.py`` / ``module:attr`` specs).
+        safe_mode: passed to :func:`~layertap.load_model`.
         meta: extra attributes stored in the file.
         on_failed: called with ``(id, reason)`` for each input skipped.
         dtype: ``"float32"`` (values as the model gives them) or ``"float16"`` (floating

@@ -168,7 +168,9 @@ class FeatureMapper:
         layers: layer specs as :class:`~layertap.Extractor` takes them.
         spec: what each image becomes (default: read from the model with
             ``preprocess``, ``size`` and ``resize``).
-        preprocess, size, resize: as in :func:`layertap.extract`, when ``spec`` is None.
+        preprocess: as in :func:`layertap.extract`, when ``spec`` is None.
+        size: as in :func:`layertap.extract`, when ``spec`` is None.
+        resize: as in :func:`layertap.extract`, when ``spec`` is None.
         pool: reducers as in :func:`layertap.extract`.
         custom_objects: ``{name: class}`` or ``PATH.py`` / ``module:attr`` specs,
             loaded in each actor.
@@ -463,11 +465,18 @@ def extract_dataset(
         inputs: what :func:`layertap.extract` takes as paths (files, folders, globs,
             ``.txt``/``.csv`` lists, ``.npy``), or a ``ray.data.Dataset`` with a
             ``path`` column (paths every node can read).
-        layers, batch_size, preprocess, pool, size, resize, custom_objects, safe_mode:
-            as in :func:`layertap.extract` (``custom_objects`` may also be a list of
-            ``PATH.py`` / ``module:attr`` specs).
+        layers: as in :func:`layertap.extract`.
+        batch_size: as in :func:`layertap.extract`.
+        preprocess: as in :func:`layertap.extract`.
+        pool: as in :func:`layertap.extract`.
+        size: as in :func:`layertap.extract`.
+        resize: as in :func:`layertap.extract`.
+        custom_objects: as in :func:`layertap.extract` (or a list of ``PATH.py`` /
+            ``module:attr`` specs).
+        safe_mode: as in :func:`layertap.extract`.
         concurrency: the number of actors (each holds one copy of the model).
-        num_cpus, num_gpus: Ray resources reserved by each actor.
+        num_cpus: CPUs Ray reserves for each actor.
+        num_gpus: GPUs Ray reserves for each actor.
         ray_remote_args: more ``ray.remote`` arguments for the actors, e.g.
             ``{"max_restarts": 3}`` to bound Ray Data's default of restarting a lost
             actor without limit.
