@@ -28,7 +28,7 @@ def main() -> None:
         ROOT / "images" / name for name in ("00_circle.png", "04_square.png", "08_triangle.png")
     ]
     maps = {layer: layertap.explain(model, files, layer, method="gradcam") for layer in LAYERS}
-    figure = viz._figure(7.5, 5.4)  # noqa: SLF001 (an example of the package's own helper)
+    figure = viz.new_figure(7.5, 5.4)
     for row, path in enumerate(files):
         with Image.open(path) as img:
             pixels = np.asarray(img.convert("RGB").resize((192, 192), Image.Resampling.BILINEAR))

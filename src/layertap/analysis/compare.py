@@ -276,13 +276,13 @@ def _number(v: float) -> str:
 
 
 def _rel_error_plot(c: Comparison, threshold: float | None) -> Any:
-    from layertap.analysis.plot import _figure, _png
+    from layertap.explainer.viz import new_figure, to_picture
 
     names = list(c.diffs)
     values = np.array([c.diffs[k].rel_error for k in names], np.float64)
     positive = values[np.isfinite(values) & (values > 0)]
     floor = float(min([*positive, threshold or 1.0, 1.0])) / 100
-    figure = _figure(max(4.0, 0.6 * len(names) + 2), 3.2)
+    figure = new_figure(max(4.0, 0.6 * len(names) + 2), 3.2)
     ax = figure.add_subplot()
     x = np.arange(len(names))
     shown = np.where(np.isfinite(values) & (values > 0), values, floor)
@@ -306,7 +306,7 @@ def _rel_error_plot(c: Comparison, threshold: float | None) -> Any:
     ax.set_title("where the models part: relative error per layer")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    return _png(figure)
+    return to_picture(figure)
 
 
 def _file_keys(ra: Any, rb: Any, layers: Sequence[str] | str | None) -> list[str]:

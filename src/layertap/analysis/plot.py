@@ -7,32 +7,13 @@ global state), as :mod:`layertap.explainer.viz` draws; each returns a
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from layertap._errors import require
-from layertap.explainer.viz import Picture
+from layertap.explainer.viz import Picture, new_figure, to_picture
 
 __all__ = ["heatmap", "scores_plot"]
-
-
-def _figure(width: float, height: float) -> Any:
-    require("matplotlib", "viz", "drawing pictures")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _png(figure: Any) -> Picture:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    return Picture(buffer.getvalue())
 
 
 def scores_plot(
@@ -44,7 +25,7 @@ def scores_plot(
         >>> scores_plot(["a", "b"], [0.5, 0.8], [0.1, 0.05], "accuracy", 1).png[:4]
         b'\\x89PNG'
     """
-    figure = _figure(max(4.0, 0.6 * len(names) + 2), 3.2)
+    figure = new_figure(max(4.0, 0.6 * len(names) + 2), 3.2)
     ax = figure.add_subplot()
     x = np.arange(len(names))
     colours = ["#d95f02" if i == best else "#1b9e77" for i in range(len(names))]
@@ -54,7 +35,7 @@ def scores_plot(
     ax.set_ylabel(ylabel)
     ax.set_title(f"linear probe: {ylabel} per layer (mean ± std over folds)")
     ax.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    return to_picture(figure)
 
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str) -> Picture:
@@ -64,7 +45,7 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
         >>> heatmap(np.eye(2), ["a", "b"], ["a", "b"], "CKA").png[:4]
         b'\\x89PNG'
     """
-    figure = _figure(max(3.5, 0.55 * len(cols) + 2.5), max(3.0, 0.5 * len(rows) + 1.5))
+    figure = new_figure(max(3.5, 0.55 * len(cols) + 2.5), max(3.0, 0.5 * len(rows) + 1.5))
     ax = figure.add_subplot()
     image = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(np.nanmin(matrix))), vmax=1.0)
     ax.set_xticks(range(len(cols)), list(cols), rotation=45, ha="right")
@@ -75,4 +56,4 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
                     color="white" if v < 0.6 else "black")  # fmt: skip
     figure.colorbar(image, ax=ax)
     ax.set_title(title)
-    return _png(figure)
+    return to_picture(figure)

@@ -30,7 +30,9 @@ __all__ = [
     "grid_channels",
     "heatmap_row",
     "layer_stats",
+    "new_figure",
     "overlay",
+    "to_picture",
     "to_rgb",
     "token_colours",
 ]
@@ -90,7 +92,14 @@ def _colormap(name: str) -> Any:
     return matplotlib.colormaps[name]
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches on the Agg canvas (no
+    pyplot, no global state); :func:`to_picture` turns it into a :class:`Picture`.
+
+    Example:
+        >>> to_picture(new_figure(1.0, 1.0)).png[:4]
+        b'\\x89PNG'
+    """
     require("matplotlib", "viz", "drawing pictures")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -100,7 +109,8 @@ def _figure(width: float, height: float) -> Any:
     return figure
 
 
-def _png(figure: Any) -> Picture:
+def to_picture(figure: Any) -> Picture:
+    """The figure drawn as a PNG :class:`Picture` (its margins trimmed)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     return Picture(buffer.getvalue())
@@ -154,14 +164,14 @@ def heatmap_row(maps: np.ndarray, titles: Sequence[str] | None = None) -> Pictur
         b'\\x89PNG'
     """
     n = len(maps)
-    figure = _figure(2.0 * n, 2.2)
+    figure = new_figure(2.0 * n, 2.2)
     for i, m in enumerate(maps):
         axes = figure.add_subplot(1, n, i + 1)
         axes.imshow(m, cmap=HEATMAP_CMAP, vmin=0, vmax=1)
         axes.set_axis_off()
         if titles is not None:
             axes.set_title(titles[i], fontsize=8)
-    return _png(figure)
+    return to_picture(figure)
 
 
 def grid_channels(activation: np.ndarray, count: int, order: str) -> np.ndarray:
@@ -200,7 +210,7 @@ def feature_grid(
     channels = grid_channels(a, count, order)
     columns = int(np.ceil(np.sqrt(len(channels))))
     rows = int(np.ceil(len(channels) / columns))
-    figure = _figure(1.4 * columns, 1.5 * rows + (0.3 if title else 0))
+    figure = new_figure(1.4 * columns, 1.5 * rows + (0.3 if title else 0))
     for i, c in enumerate(channels):
         axes = figure.add_subplot(rows, columns, i + 1)
         axes.imshow(a[..., c], cmap=ACTIVATION_CMAP)
@@ -208,7 +218,7 @@ def feature_grid(
         axes.set_axis_off()
     if title:
         figure.suptitle(title, fontsize=9)
-    return _png(figure)
+    return to_picture(figure)
 
 
 def activation_stats(stats: Mapping[str, Mapping[str, float]]) -> Picture:
@@ -223,7 +233,7 @@ def activation_stats(stats: Mapping[str, Mapping[str, float]]) -> Picture:
     """
     names = list(stats)
     x = np.arange(len(names))
-    figure = _figure(max(4.0, 0.6 * len(names) + 2), 4.0)
+    figure = new_figure(max(4.0, 0.6 * len(names) + 2), 4.0)
     top, bottom = figure.add_subplot(2, 1, 1), figure.add_subplot(2, 1, 2)
     colours = _colormap(ACTIVATION_CMAP)
     mean = np.array([stats[n]["mean"] for n in names])
@@ -239,7 +249,7 @@ def activation_stats(stats: Mapping[str, Mapping[str, float]]) -> Picture:
     for axes in (top, bottom):
         axes.set_xticks(x)
         axes.set_xticklabels(names if axes is bottom else [], rotation=45, ha="right", fontsize=7)
-    return _png(figure)
+    return to_picture(figure)
 
 
 def layer_stats(activation: np.ndarray) -> dict[str, float]:
@@ -281,7 +291,7 @@ def colour_legend(scale: float, label: str = "attribution") -> Picture:
         >>> colour_legend(0.5).png[:4]
         b'\\x89PNG'
     """
-    figure = _figure(4.0, 0.5)
+    figure = new_figure(4.0, 0.5)
     axes = figure.add_axes((0.05, 0.45, 0.9, 0.35))
     axes.imshow(np.linspace(-1, 1, 256)[None], cmap=DIVERGING_CMAP, aspect="auto",
                 extent=(-scale, scale, 0, 1))  # fmt: skip
@@ -289,7 +299,7 @@ def colour_legend(scale: float, label: str = "attribution") -> Picture:
     axes.set_xticks([-scale, 0.0, scale])
     axes.set_xticklabels([f"{-scale:.3g}", "0", f"{scale:.3g}"], fontsize=7)
     axes.set_title(label, fontsize=7)
-    return _png(figure)
+    return to_picture(figure)
 
 
 def attention_rows(
@@ -303,7 +313,7 @@ def attention_rows(
         b'\\x89PNG'
     """
     count, length = rows.shape
-    figure = _figure(max(2.5, 0.32 * length + 1.0), 0.3 * count + 1.0)
+    figure = new_figure(max(2.5, 0.32 * length + 1.0), 0.3 * count + 1.0)
     axes = figure.add_subplot(1, 1, 1)
     axes.imshow(rows, cmap=ACTIVATION_CMAP, vmin=0.0, aspect="auto")
     axes.set_xticks(range(length))
@@ -311,4 +321,4 @@ def attention_rows(
     axes.set_yticks(range(count))
     axes.set_yticklabels(list(layers) if layers is not None else [str(i) for i in range(count)],
                          fontsize=7)  # fmt: skip
-    return _png(figure)
+    return to_picture(figure)
