@@ -11,6 +11,16 @@ import numpy as np
 from PIL import Image
 
 SKIP_REASON = "no chromium (apt-get install -y chromium)"
+#: Pages, HTML and the docs site are the same whatever the Keras backend: their tests run
+#: on the TensorFlow pass of `make test` only (the other passes skip them with this).
+ONCE_REASON = "backend-independent (a page, the docs): run on the TensorFlow pass only"
+
+
+def not_first_pass() -> bool:
+    """Whether this is a pass of `make test` other than TensorFlow's."""
+    import keras
+
+    return bool(keras.backend.backend() != "tensorflow")
 
 
 def chromium() -> str | None:

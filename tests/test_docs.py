@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 import layertap
-from tests.browser import SKIP_REASON, _browser, chromium, open_offline
+from tests.browser import ONCE_REASON, SKIP_REASON, _browser, chromium, not_first_pass, open_offline
+
+pytestmark = pytest.mark.skipif(not_first_pass(), reason=ONCE_REASON)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -17,7 +17,14 @@ from PIL import Image
 pytest.importorskip("matplotlib", reason="the report draws with the viz extra")
 
 from layertap.cli import cli  # noqa: E402
-from tests.browser import SKIP_REASON, chromium, open_offline, screenshot  # noqa: E402
+from tests.browser import (
+    ONCE_REASON,
+    SKIP_REASON,
+    chromium,
+    not_first_pass,
+    open_offline,
+    screenshot,
+)  # noqa: E402
 
 LAYERS = ["backbone/conv2", "backbone/conv1"]
 
@@ -95,6 +102,7 @@ def test_cli_mistakes_are_one_line(folder: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(chromium() is None, reason=SKIP_REASON)
+@pytest.mark.skipif(not_first_pass(), reason=ONCE_REASON)
 def test_the_page_opens_cleanly_in_headless_chromium(report: tuple[Path, object]) -> None:
     out, _ = report
     images, bad, console = open_offline(out / "index.html")

@@ -22,7 +22,14 @@ pytest.importorskip("matplotlib", reason="the report draws with the viz extra")
 import layertap  # noqa: E402
 from layertap.cli import cli  # noqa: E402
 from layertap.explainer import viz  # noqa: E402
-from tests.browser import SKIP_REASON, chromium, open_offline, screenshot  # noqa: E402
+from tests.browser import (
+    ONCE_REASON,
+    SKIP_REASON,
+    chromium,
+    not_first_pass,
+    open_offline,
+    screenshot,
+)  # noqa: E402
 from tests.hub_presets import bert_classifier_preset  # noqa: E402
 
 LINES = ["the cat sat on the mat", "", "a dog sat on a log", "the dog and the cat ran"]
@@ -105,6 +112,7 @@ def test_text_mistakes_are_one_line(report: tuple[Path, Any, Any], tmp_path: Pat
 
 
 @pytest.mark.skipif(chromium() is None, reason=SKIP_REASON)
+@pytest.mark.skipif(not_first_pass(), reason=ONCE_REASON)
 def test_the_text_page_opens_cleanly_in_headless_chromium(report: tuple[Path, Any, Any]) -> None:
     root, _, _ = report
     page = root / "out" / "index.html"
