@@ -638,9 +638,12 @@ def explain(**flags: Any) -> None:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _save_plot(picture: Any, path: Path | None) -> None:
-    if path is not None:
-        picture.save(path)
+def _show(result: Any, plot: Path | None, as_json: bool) -> None:
+    """A probe's or similarity's result: its plot saved to ``plot``, then its table
+    (or its JSON record) on stdout."""
+    if plot is not None:
+        result.plot().save(plot)
+    click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.table())
 
 
 @cli.command("probe")
@@ -691,8 +694,7 @@ def probe_command(**flags: Any) -> None:
         seed=flags["seed"],
         max_dim=flags["max_dim"],
     )
-    _save_plot(result.plot() if flags["plot"] else None, flags["plot"])
-    click.echo(json.dumps(result.to_dict(), indent=1) if flags["as_json"] else result.table())
+    _show(result, flags["plot"], flags["as_json"])
 
 
 @cli.command("similarity")
@@ -734,8 +736,7 @@ def similarity_command(**flags: Any) -> None:
         unbiased=flags["unbiased"],
         batch_size=flags["batch_size"],
     )
-    _save_plot(result.plot() if flags["plot"] else None, flags["plot"])
-    click.echo(json.dumps(result.to_dict(), indent=1) if flags["as_json"] else result.table())
+    _show(result, flags["plot"], flags["as_json"])
 
 
 @cli.command("compare")
@@ -801,7 +802,8 @@ def compare_command(**flags: Any) -> None:
         safe_mode=not flags["unsafe"],
     )
     threshold = flags["threshold"]
-    _save_plot(result.plot(threshold) if flags["plot"] else None, flags["plot"])
+    if flags["plot"] is not None:
+        result.plot(threshold).save(flags["plot"])
     if flags["as_json"]:
         click.echo(json.dumps(result.to_dict(threshold), indent=1))
     else:
